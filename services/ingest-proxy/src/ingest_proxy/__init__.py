@@ -1,0 +1,1 @@
+"""ingest-proxy: the HTTP face of the pipeline (the SDKs' /collect endpoint)."""
