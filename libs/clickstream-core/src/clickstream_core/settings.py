@@ -120,6 +120,7 @@ def load(cls, environ: Mapping[str, str] | None = None, **overrides):
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     problems: list[str] = []
+    unparsed: list[str] = []
     for field in dataclasses.fields(cls):
         name = field.metadata.get("env")
         if field.name in overrides:
@@ -132,14 +133,15 @@ def load(cls, environ: Mapping[str, str] | None = None, **overrides):
             values[field.name] = _parser_for(field)(raw)
         except (ValueError, TypeError) as exc:
             problems.append(f"{name}={raw!r}: {exc}")
-    if problems:
-        raise ConfigError(problems)
+            unparsed.append(name)
+    # The cross-field checks run even when some variable did not parse (it keeps its default), so
+    # every mistake shows at once; a check naming an unparsed variable would only repeat it.
     config = cls(**values)
     check = getattr(config, "problems", None)
     if check is not None:
-        problems = list(check())
-        if problems:
-            raise ConfigError(problems)
+        problems += [p for p in check() if not any(name in p for name in unparsed)]
+    if problems:
+        raise ConfigError(problems)
     return config
 
 

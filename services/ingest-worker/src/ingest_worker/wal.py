@@ -91,6 +91,7 @@ class WriteAheadLog:
         self.sealed: asyncio.Queue[Segment] = asyncio.Queue()
         self.disk_bytes = 0  # all segments on disk, sealed and active
         self.healthy = True
+        self.over_budget = False
         self.last_error = ""
         self.commit_no = 0
         self._buffer = bytearray()
@@ -175,6 +176,8 @@ class WriteAheadLog:
                 "recovered WAL segments",
                 extra={"segments": len(recovered), "records": sum(s.records for s in recovered)},
             )
+        if self._trace_fd >= 0:
+            os.write(self._trace_fd, f"S {os.getpid()}\n".encode())
         self._task = asyncio.create_task(self._run(), name="wal-commit")
         self._roll_timer = asyncio.create_task(self._age_check(), name="wal-age")
         return recovered
@@ -194,7 +197,9 @@ class WriteAheadLog:
             size += len(record)
         if self._pending_bytes + size > self.max_pending_bytes:
             raise WalFull("too many bytes waiting for fsync")
-        if self.disk_bytes + self._pending_bytes + size > self.max_disk_bytes:
+        if self.over_budget or self.disk_bytes + self._pending_bytes + size > self.max_disk_bytes:
+            # Stay refused until uploads free a tenth of the budget, so readiness does not flap.
+            self.over_budget = True
             raise WalFull("WAL disk budget exhausted (uploads are behind)")
         for record in records:
             self._buffer += record
@@ -325,6 +330,8 @@ class WriteAheadLog:
         segment.path.unlink(missing_ok=True)
         self.disk_bytes -= segment.size
         WAL_BYTES.set(self.disk_bytes)
+        if self.over_budget and self.disk_bytes < 0.9 * self.max_disk_bytes:
+            self.over_budget = False
 
     async def close(self) -> None:
         """Commit what is buffered, seal the active segment and stop the commit loop."""

@@ -123,7 +123,7 @@ class S3Sink(Sink):
     def health(self) -> Health:
         if not self.wal.healthy:
             return Health(False, self.wal.last_error)
-        if self.wal.disk_bytes >= self.config.wal_max_bytes:
+        if self.wal.over_budget:
             return Health(False, "WAL disk budget exhausted; object store uploads are behind")
         return Health(True, "ok" if self._store_ok else f"buffering locally: {self._store_error}")
 
