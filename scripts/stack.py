@@ -38,6 +38,16 @@ def _wait_http(url: str, timeout_s: float, expect: int = 200, proc: subprocess.P
     raise TimeoutError(f"{url} not ready after {timeout_s}s ({last})")
 
 
+def read_lake(root: Path) -> list[dict]:
+    """Every raw record in every object under `root`."""
+    from clickstream_core.raw_record import read_object
+
+    records = []
+    for path in sorted(Path(root).rglob("*.gz")):
+        records.extend(read_object(path.read_bytes()))
+    return records
+
+
 def free_port() -> int:
     import socket
 

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
-import orjson
-
-
-def read_lake(root: Path) -> list[dict]:
-    """Every raw record in every object under `root` (gzip NDJSON)."""
-    records = []
-    for path in sorted(root.rglob("*.gz")):
-        for line in gzip.decompress(path.read_bytes()).splitlines():
-            if line:
-                records.append(orjson.loads(line))
-    return records
+from scripts.stack import read_lake
 
 
 def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1, message: str = "condition"):

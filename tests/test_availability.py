@@ -278,5 +278,5 @@ def test_ack_after_handoff_mode_answers_200_and_lands(make_stack):
         answers = list(pool.map(lambda _: edge.post(), range(20)))
     assert [answer.status for answer in answers] == [200] * 20
     wait_for_rids(stack.lake, edge.acked(), timeout_s=10)
-    status, text = edge.get("/metrics")
+    _status, text = edge.get("/metrics")
     assert metric_value(text.decode(), "proxy_accepted_records_total") == 20

@@ -69,11 +69,15 @@ async function runScenario(browser, mode) {
       mode,
       interval: Number(opts.interval),
     });
+    // Wait for each step's uploads (in Batch mode: for a flush) so that Batch mode makes
+    // several flushes, each with several events.
+    const settled = [await page.evaluate(() => window.e2e.settle())];
     await page.evaluate(() => window.e2e.shop());
+    settled.push(await page.evaluate(() => window.e2e.settle()));
     // Real (trusted) clicks on the two links with absolute hrefs: the SDK records `_click`.
     await page.click('#product-link');
     await page.click('#partner-link');
-    const settled = await page.evaluate(() => window.e2e.settle());
+    settled.push(await page.evaluate(() => window.e2e.settle()));
     await page.evaluate(() => window.e2e.quiesce());
     const snapshot = await page.evaluate(() => window.e2e.snapshot());
     return { mode, settled, ...snapshot, preflights: preflights(), console: console_ };

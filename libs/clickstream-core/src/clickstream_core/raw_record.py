@@ -134,6 +134,15 @@ def parse_line(line: bytes | str) -> dict:
     return record
 
 
+def read_object(body: bytes) -> list[dict]:
+    """The raw records of one object (gzip NDJSON, or plain NDJSON)."""
+    import gzip
+
+    if body[:2] == b"\x1f\x8b":
+        body = gzip.decompress(body)
+    return [parse_line(line) for line in body.splitlines() if line.strip()]
+
+
 def client_ip(record: dict) -> str | None:
     """The client address of a record; the reference stored the raw XFF comma list."""
     ip = record.get("ip")

@@ -148,6 +148,10 @@ class HandoffClient:
             self._pending_sent.set_result(False)
         self._pending_sent = None
 
+    def abandon(self) -> None:
+        """Stop waiting for the worker: every record not yet acknowledged times out now."""
+        self._fail_all(Outcome.TIMEOUT)
+
     def submit(self, record: bytes) -> asyncio.Future:
         """Queue one record for the next frame; the future resolves with an Outcome."""
         future = self._loop.create_future()

@@ -80,6 +80,13 @@ async def serve_process(config: ProxyConfig, shared: SharedState, index: int) ->
     deadline = loop.time() + config.drain_deadline_s
     while handler.active and loop.time() < deadline:
         await asyncio.sleep(0.05)
+    if handler.active:
+        # Deadline reached with requests still waiting for the worker's ack: answer them (503)
+        # instead of closing their connections without an answer.
+        client.abandon()
+        settle = loop.time() + 1.0
+        while handler.active and loop.time() < settle:
+            await asyncio.sleep(0.01)
     listener.close()
     await server.shutdown(timeout=max(0.1, min(5.0, deadline - loop.time())))
     publisher.cancel()

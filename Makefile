@@ -1,0 +1,49 @@
+# clickstream: the local pipeline, its tests and benchmarks. `make help` lists the targets.
+SHELL := /bin/bash
+export PATH := $(HOME)/.local/bin:$(PATH)
+PORT ?= 8080
+DATA_DIR ?= ./data
+export PORT DATA_DIR
+
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench clean
+
+help:
+	@echo "make demo       start the local stack and send it realistic SDK traffic"
+	@echo "make up         run the local stack in the foreground (Ctrl-C drains and stops)"
+	@echo "make test       every test, with the real components (Chromium, S3 API server)"
+	@echo "make lint       ruff + hadolint"
+	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
+
+setup:
+	@bash scripts/setup.sh run
+
+setup-test:
+	@bash scripts/setup.sh test
+
+up: setup
+	uv run python -m scripts.stack up --port $(PORT) --data-dir $(DATA_DIR)
+
+demo: setup
+	uv run python -m scripts.demo --port $(PORT) --data-dir $(DATA_DIR)
+
+test: setup-test
+	uv run pytest -q
+
+test-fast: setup
+	uv run pytest -q -m "not slow and not browser"
+
+lint: setup
+	uv run ruff check .
+	uv run ruff format --check .
+	uv run hadolint docker/*.Dockerfile
+
+fmt: setup
+	uv run ruff format .
+	uv run ruff check --fix .
+
+bench: setup
+	@bash scripts/setup.sh bench
+	uv run python -m scripts.bench_http
+
+clean:
+	rm -rf $(DATA_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Prepare a new machine for this project: uv, the Python workspace, and (for the tests) Debian's
+# Chromium and the web SDK bundle. Idempotent: a second run only checks.
+#   scripts/setup.sh          Python workspace only (enough for make up / make demo)
+#   scripts/setup.sh test     + Chromium and the browser test bundle
+#   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want="${1:-run}"
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "setup: installing uv" >&2
+  python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+uv sync --quiet --frozen 2>/dev/null || uv sync --quiet
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+case "$want" in
+  test)
+    apt_install chromium
+    bash tests/browser/setup.sh
+    ;;
+  bench)
+    apt_install nginx-light wrk
+    ;;
+  run) ;;
+  *) echo "usage: scripts/setup.sh [run|test|bench]" >&2; exit 2 ;;
+esac
