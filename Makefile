@@ -36,6 +36,7 @@ lint: setup
 	uv run ruff check .
 	uv run ruff format --check .
 	uv run hadolint docker/*.Dockerfile
+	uv run python -m scripts.config_docs --check
 
 fmt: setup
 	uv run ruff format .
