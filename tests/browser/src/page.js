@@ -55,7 +55,7 @@ function shop() {
 
 // Waits until nothing is in flight and nothing is queued (Batch mode), and that stays so for
 // `quietMs`: the SDK clears its queue only after its fetch resolved.
-async function settle({ quietMs = 400, timeoutMs = 20000 } = {}) {
+async function settle({ quietMs = 400, timeoutMs = 10000 } = {}) {
   const end = Date.now() + timeoutMs;
   let quietSince = null;
   while (Date.now() < end) {
