@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from scripts import sdkgen
 from scripts.stack import LocalStack, free_port
@@ -268,6 +270,12 @@ def test_drain_deadline_answers_requests_still_waiting_for_the_worker(make_stack
             assert_503(future.result(timeout=10), within_s=5.0)
     assert stack.proxy.wait(timeout=10) == 0
     assert time.monotonic() - stopped_at < 4
+    # The proxy is gone; its metric files (multiprocess mode) still tell what it counted.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(stack.data_dir / "run" / "proxy-metrics"))
+    text = generate_latest(registry).decode()
+    assert metric_value(text, "proxy_rejections_total", {"reason": "ack_timeout"}) == 3
+    assert metric_value(text, "proxy_requests_total", {"path": "collect", "status": "503"}) == 3
 
 
 def test_ack_after_handoff_mode_answers_200_and_lands(make_stack):
