@@ -76,13 +76,14 @@ def parse_wrk(output: str) -> dict:
     return result
 
 
-def run_wrk(url_base: str, target: str, body_file: Path, seconds: float, connections: int,
-            pause_ms: int = 0) -> dict:
+def run_wrk(url_base: str, target: str, body_file: Path, seconds: float, connections: int, pause_ms: int = 0) -> dict:
     script = body_file.with_suffix(f".{pause_ms}.lua")
     script.write_text(LUA.format(body=body_file, target=target, pause_ms=pause_ms))
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url_base],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return parse_wrk(output)
 
@@ -124,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         shapes[name] = (body_file, sdkgen.collect_target("shop", body, 1, gzip_base64=packed), len(body))
 
     nginx, nginx_port = start_nginx(work / "nginx")
-    stack = LocalStack(data_dir=data_dir, port=free_port(), worker_http_port=free_port(),
-                       processes=args.processes, roll_seconds=10, log_dir=data_dir / "logs")
+    stack = LocalStack(
+        data_dir=data_dir,
+        port=free_port(),
+        worker_http_port=free_port(),
+        processes=args.processes,
+        roll_seconds=10,
+        log_dir=data_dir / "logs",
+    )
     stack.start()
     rows = []
     try:
@@ -145,15 +152,21 @@ def main(argv: list[str] | None = None) -> int:
         nginx.wait()
 
     cores = os.cpu_count()
-    print(f"\ningestion benchmark: {cores} cores, wrk -t1 -c{args.connections} -d{args.seconds:g}s, "
-          f"{EVENTS_PER_BODY} events per body, ack mode, S3 sink to {data_dir} (real disk)")
-    print(f"{'shape':<12} {'body':>6} {'req/s':>9} {'events/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'nginx req/s':>11} {'ratio':>6} {'half-rate req/s':>15} {'p99 ms':>7} {'proxy RSS MB':>14}")
+    print(
+        f"\ningestion benchmark: {cores} cores, wrk -t1 -c{args.connections} -d{args.seconds:g}s, "
+        f"{EVENTS_PER_BODY} events per body, ack mode, S3 sink to {data_dir} (real disk)"
+    )
+    print(
+        f"{'shape':<12} {'body':>6} {'req/s':>9} {'events/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'nginx req/s':>11} {'ratio':>6} {'half-rate req/s':>15} {'p99 ms':>7} {'proxy RSS MB':>14}"
+    )
     for name, size, ours, ref, paced, rss in rows:
-        print(f"{name:<12} {size:>6} {ours['rps']:>9.0f} {ours['rps'] * EVENTS_PER_BODY:>10.0f} "
-              f"{ours['p50_ms']:>7.2f} {ours['p99_ms']:>7.2f} {ref['rps']:>11.0f} "
-              f"{ours['rps'] / ref['rps']:>6.3f} {paced['rps']:>15.0f} {paced['p99_ms']:>7.2f} "
-              f"{'/'.join(str(r) for r in rss):>14}")
+        print(
+            f"{name:<12} {size:>6} {ours['rps']:>9.0f} {ours['rps'] * EVENTS_PER_BODY:>10.0f} "
+            f"{ours['p50_ms']:>7.2f} {ours['p99_ms']:>7.2f} {ref['rps']:>11.0f} "
+            f"{ours['rps'] / ref['rps']:>6.3f} {paced['rps']:>15.0f} {paced['p99_ms']:>7.2f} "
+            f"{'/'.join(str(r) for r in rss):>14}"
+        )
         if ours["non2xx"] or paced["non2xx"]:
             print(f"  note: non-200 answers under load: {ours['non2xx']} (peak), {paced['non2xx']} (half rate)")
         if ours["socket_errors"] != "none":

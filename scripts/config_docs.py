@@ -1,7 +1,7 @@
 """Render docs/configuration.md from the services' config classes (the single source of truth).
 
-    python -m scripts.config_docs            # rewrite docs/configuration.md
-    python -m scripts.config_docs --check    # exit 1 when the file is stale (make lint runs it)
+python -m scripts.config_docs            # rewrite docs/configuration.md
+python -m scripts.config_docs --check    # exit 1 when the file is stale (make lint runs it)
 """
 
 from __future__ import annotations

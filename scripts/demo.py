@@ -26,8 +26,7 @@ from scripts import sdkgen
 from scripts.stack import LocalStack, read_lake
 
 
-async def visitor_loop(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, stats: dict,
-                       app_id: str) -> None:
+async def visitor_loop(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, stats: dict, app_id: str) -> None:
     while not stop.is_set():
         visitor = sdkgen.Visitor(app_id, "shop.example.com")
         mobile = random.random() < 0.3
@@ -37,11 +36,11 @@ async def visitor_loop(session: aiohttp.ClientSession, url: str, stop: asyncio.E
                 batch = events[start : start + 8]
                 body = sdkgen.body_text(batch, gzip_base64=mobile)
                 stats["sequence"] += 1
-                target = sdkgen.collect_target(app_id, body, stats["sequence"], gzip_base64=mobile,
-                                               fake_ip=visitor.ip)
+                target = sdkgen.collect_target(app_id, body, stats["sequence"], gzip_base64=mobile, fake_ip=visitor.ip)
                 try:
-                    async with session.post(url + target, data=body,
-                                            headers={"User-Agent": visitor.user_agent}) as answer:
+                    async with session.post(
+                        url + target, data=body, headers={"User-Agent": visitor.user_agent}
+                    ) as answer:
                         await answer.read()
                         stats[answer.status] += 1
                         if answer.status == 200:
@@ -63,13 +62,18 @@ async def send_traffic(url: str, seconds: float, visitors: int, app_ids: list[st
         loop.add_signal_handler(signum, stop.set)
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = [asyncio.create_task(visitor_loop(session, url, stop, stats, app_ids[n % len(app_ids)]))
-                 for n in range(visitors)]
+        tasks = [
+            asyncio.create_task(visitor_loop(session, url, stop, stats, app_ids[n % len(app_ids)]))
+            for n in range(visitors)
+        ]
         started = time.monotonic()
         while not stop.is_set() and (seconds <= 0 or time.monotonic() - started < seconds):
             await asyncio.sleep(1)
-            print(f"  sent: {stats[200]} requests accepted, {stats['events']} events, "
-                  f"{stats[503]} retry-later, {stats['errors']} errors", flush=True)
+            print(
+                f"  sent: {stats[200]} requests accepted, {stats['events']} events, "
+                f"{stats[503]} retry-later, {stats['errors']} errors",
+                flush=True,
+            )
         stop.set()
         await asyncio.gather(*tasks)
     return stats
@@ -85,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir).resolve()
-    stack = LocalStack(data_dir=data_dir, port=args.port, worker_http_port=args.worker_port,
-                       processes=0, roll_seconds=10, log_dir=data_dir / "logs")
+    stack = LocalStack(
+        data_dir=data_dir,
+        port=args.port,
+        worker_http_port=args.worker_port,
+        processes=0,
+        roll_seconds=10,
+        log_dir=data_dir / "logs",
+    )
     print(f"starting the local stack on {stack.url} (logs in {data_dir / 'logs'})", flush=True)
     stack.start()
     try:

@@ -17,7 +17,7 @@ from locust import HttpUser, between, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import sdkgen  # noqa: E402
+from scripts import sdkgen
 
 APP_IDS = ["shop", "news_app"]
 
@@ -39,10 +39,15 @@ class SdkVisitor(HttpUser):
             batch = events[start : start + 8]
             body = sdkgen.body_text(batch, gzip_base64=self.mobile)
             self.sequence += 1
-            target = sdkgen.collect_target(self.visitor.app_id, body, self.sequence,
-                                           gzip_base64=self.mobile, fake_ip=self.visitor.ip)
-            with self.client.post(target, data=body, name="/collect", catch_response=True,
-                                  headers={"User-Agent": self.visitor.user_agent,
-                                           "Content-Type": "application/json; charset=utf-8"}) as answer:
+            target = sdkgen.collect_target(
+                self.visitor.app_id, body, self.sequence, gzip_base64=self.mobile, fake_ip=self.visitor.ip
+            )
+            with self.client.post(
+                target,
+                data=body,
+                name="/collect",
+                catch_response=True,
+                headers={"User-Agent": self.visitor.user_agent, "Content-Type": "application/json; charset=utf-8"},
+            ) as answer:
                 if answer.status_code != 200:
                     answer.failure(f"status {answer.status_code}")

@@ -30,19 +30,41 @@ PLACES = [
     ("GB", "en-GB", 0, "81.2.69.160"),
 ]
 DEVICES = [
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/126.0.0.0 Safari/537.36", 1080, 1920),
-    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-     "Version/17.5 Safari/605.1.15", 900, 1440),
-    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-     "Version/17.5 Mobile/15E148 Safari/604.1", 844, 390),
-    ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/126.0.6478.71 Mobile Safari/537.36", 915, 412),
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.0.0 Safari/537.36",
+        1080,
+        1920,
+    ),
+    (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Safari/605.1.15",
+        900,
+        1440,
+    ),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Mobile/15E148 Safari/604.1",
+        844,
+        390,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.6478.71 Mobile Safari/537.36",
+        915,
+        412,
+    ),
     ("Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0", 1080, 1920),
 ]
 REFERRERS = [
-    "", "", "https://www.google.com/", "https://www.bing.com/", "https://www.facebook.com/",
-    "https://t.co/", "https://news.ycombinator.com/", "https://duckduckgo.com/",
+    "",
+    "",
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://www.facebook.com/",
+    "https://t.co/",
+    "https://news.ycombinator.com/",
+    "https://duckduckgo.com/",
 ]
 CAMPAIGN_LANDINGS = [
     "?utm_source=newsletter&utm_medium=email&utm_campaign=autumn_sale",
@@ -51,10 +73,17 @@ CAMPAIGN_LANDINGS = [
     "",
     "",
 ]
-PAGES = [("/", "Shop - Home"), ("/category/shoes", "Shoes"), ("/category/bags", "Bags"),
-         ("/product/p-{n}", "Product {n}"), ("/cart", "Cart"), ("/search", "Search")]
-PRODUCTS = [(f"p-{n}", f"Product {n}", round(9.99 + n * 3.5, 2), random.choice(["shoes", "bags", "hats"]))
-            for n in range(1, 41)]
+PAGES = [
+    ("/", "Shop - Home"),
+    ("/category/shoes", "Shoes"),
+    ("/category/bags", "Bags"),
+    ("/product/p-{n}", "Product {n}"),
+    ("/cart", "Cart"),
+    ("/search", "Search"),
+]
+PRODUCTS = [
+    (f"p-{n}", f"Product {n}", round(9.99 + n * 3.5, 2), random.choice(["shoes", "bags", "hats"])) for n in range(1, 41)
+]
 
 
 @dataclass
@@ -151,9 +180,11 @@ class Session:
         first = not self.events or all(e["event_type"] != "_page_view" for e in self.events)
         self.page_url = f"https://{self.visitor.host}{path}"
         self.page_title = title
-        attrs = {"_page_referrer": "" if first else self.previous_url,
-                 "_page_referrer_title": "" if first else self.previous_title,
-                 "_entrances": 1 if first else 0}
+        attrs = {
+            "_page_referrer": "" if first else self.previous_url,
+            "_page_referrer_title": "" if first else self.previous_title,
+            "_entrances": 1 if first else 0,
+        }
         if not first:
             attrs["_previous_timestamp"] = self.clock
             attrs["_engagement_time_msec"] = random.randint(1000, 60_000)
@@ -173,22 +204,39 @@ class Session:
                 self.page_view(f"/search?q={term.replace(' ', '+')}", "Search")
                 self._event("_search", {"_search_key": "q", "_search_term": term})
             elif roll < 0.35:
-                self._event("_click", {"_link_url": "https://partner.example.org/deal", "_link_domain":
-                                       "partner.example.org", "_link_classes": "promo", "_link_id": None,
-                                       "_outbound": True})
+                self._event(
+                    "_click",
+                    {
+                        "_link_url": "https://partner.example.org/deal",
+                        "_link_domain": "partner.example.org",
+                        "_link_classes": "promo",
+                        "_link_id": None,
+                        "_outbound": True,
+                    },
+                )
             else:
                 self.page_view(f"/product/{product_id}", name)
                 self._event("_scroll", {"_engagement_time_msec": random.randint(1000, 20_000)})
                 if random.random() < 0.35:
-                    item = {"id": product_id, "name": name, "category": category, "price": price,
-                            "quantity": 1, "currency": "USD", "brand": "Acme"}
+                    item = {
+                        "id": product_id,
+                        "name": name,
+                        "category": category,
+                        "price": price,
+                        "quantity": 1,
+                        "currency": "USD",
+                        "brand": "Acme",
+                    }
                     self._event("add_to_cart", {"product_id": product_id, "price": price}, [item])
                     if random.random() < 0.4:
                         self.visitor.user_id = self.visitor.user_id or f"user-{random.randint(1, 10_000)}"
                         self._event("_profile_set", {})
                         self.page_view("/cart", "Cart")
-                        self._event("purchase", {"_value": price, "_currency": "USD",
-                                                 "transaction_id": str(uuid.uuid4())[:8]}, [item])
+                        self._event(
+                            "purchase",
+                            {"_value": price, "_currency": "USD", "transaction_id": str(uuid.uuid4())[:8]},
+                            [item],
+                        )
         self._event("_user_engagement", {"_engagement_time_msec": random.randint(1001, 120_000)})
         return self.events
 
@@ -204,14 +252,20 @@ def hash_code(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:8]
 
 
-def collect_target(app_id: str, body: str, sequence: int, gzip_base64: bool = False,
-                   fake_ip: str | None = None, path: str = "/collect") -> str:
+def collect_target(
+    app_id: str, body: str, sequence: int, gzip_base64: bool = False, fake_ip: str | None = None, path: str = "/collect"
+) -> str:
     """The request target the SDKs build, in their parameter order."""
     params = {"platform": "Android" if gzip_base64 else "Web", "appId": app_id}
     if gzip_base64:
         params["compression"] = "gzip"
-    params.update({"event_bundle_sequence_id": str(sequence), "upload_timestamp": str(int(time.time() * 1000)),
-                   "hashCode": hash_code(body)})
+    params.update(
+        {
+            "event_bundle_sequence_id": str(sequence),
+            "upload_timestamp": str(int(time.time() * 1000)),
+            "hashCode": hash_code(body),
+        }
+    )
     if fake_ip:
         params["fakeIp"] = fake_ip
     return f"{path}?{urlencode(params)}"

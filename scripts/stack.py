@@ -29,7 +29,7 @@ def _wait_http(url: str, timeout_s: float, expect: int = 200, proc: subprocess.P
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} while starting")
         try:
-            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 (127.0.0.1)
+            with urllib.request.urlopen(url, timeout=1) as answer:
                 if answer.status == expect:
                     return
         except OSError as exc:
@@ -127,7 +127,7 @@ class LocalStack:
         if self.log_dir is None:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
+        return open(self.log_dir / f"{name}.log", "ab")
 
     def start_worker(self, wait: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -225,9 +225,7 @@ if __name__ == "__main__":
 
 def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
     """A local S3/DynamoDB/Kinesis API server (moto) on 127.0.0.1."""
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-    )
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
     _wait_http(f"http://127.0.0.1:{port}/moto-api/", 30, proc=proc)
     return proc

@@ -66,8 +66,13 @@ async def load(stack: LocalStack, stop: asyncio.Event, outcomes: dict, inflight:
 def test_kill_9_worker_under_load_loses_nothing_acknowledged(tmp_path):
     trace = tmp_path / "ack-trace"
     stack = LocalStack(
-        data_dir=tmp_path, port=free_port(), worker_http_port=free_port(), processes=2,
-        roll_seconds=0.5, worker_env={"WORKER_ACK_TRACE": str(trace)}, log_dir=tmp_path / "logs",
+        data_dir=tmp_path,
+        port=free_port(),
+        worker_http_port=free_port(),
+        processes=2,
+        roll_seconds=0.5,
+        worker_env={"WORKER_ACK_TRACE": str(trace)},
+        log_dir=tmp_path / "logs",
     )
     stack.start()
     outcomes: dict = collections.defaultdict(list)

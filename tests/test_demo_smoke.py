@@ -27,7 +27,11 @@ def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
         }
     )
     result = subprocess.run(
-        ["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, capture_output=True, text=True,
+        ["make", "--no-print-directory", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

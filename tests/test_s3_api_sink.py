@@ -23,13 +23,22 @@ def s3_stack(tmp_path, moto_endpoint):
         "AWS_REGION": "us-east-1",
     }
     client = boto3.client(
-        "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket="raw-bucket")
     stack = LocalStack(
-        data_dir=tmp_path, port=free_port(), worker_http_port=free_port(), processes=1,
-        sink_uri="s3://raw-bucket/team-a", roll_seconds=0.5, env=aws, log_dir=tmp_path / "logs",
+        data_dir=tmp_path,
+        port=free_port(),
+        worker_http_port=free_port(),
+        processes=1,
+        sink_uri="s3://raw-bucket/team-a",
+        roll_seconds=0.5,
+        env=aws,
+        log_dir=tmp_path / "logs",
     )
     stack.start()
     yield stack, client

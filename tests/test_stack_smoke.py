@@ -1,7 +1,6 @@
 import urllib.request
 
 from scripts import sdkgen
-
 from tests.support import metric_value, wait_for_rids
 
 

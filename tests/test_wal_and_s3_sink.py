@@ -37,8 +37,12 @@ def make_sink(tmp_path, **overrides) -> S3Sink:
 
 async def test_group_commit_acknowledges_after_write(tmp_path):
     wal = WriteAheadLog(
-        tmp_path, segment_max_bytes=1 << 20, segment_max_age_s=60, max_pending_bytes=1 << 20,
-        max_disk_bytes=1 << 30, ack_trace=str(tmp_path / "trace"),
+        tmp_path,
+        segment_max_bytes=1 << 20,
+        segment_max_age_s=60,
+        max_pending_bytes=1 << 20,
+        max_disk_bytes=1 << 30,
+        ack_trace=str(tmp_path / "trace"),
     )
     await wal.open()
     futures = [wal.append([line(i)]) for i in range(100)]
@@ -55,7 +59,10 @@ async def test_group_commit_acknowledges_after_write(tmp_path):
 
 async def test_pending_limit_refuses_instead_of_queueing(tmp_path):
     wal = WriteAheadLog(
-        tmp_path, segment_max_bytes=1 << 20, segment_max_age_s=60, max_pending_bytes=1000,
+        tmp_path,
+        segment_max_bytes=1 << 20,
+        segment_max_age_s=60,
+        max_pending_bytes=1000,
         max_disk_bytes=1 << 30,
     )
     await wal.open()
@@ -200,7 +207,10 @@ def test_wal_write_is_fdatasynced(tmp_path, monkeypatch):
 
     async def run():
         wal = WriteAheadLog(
-            tmp_path, segment_max_bytes=1 << 20, segment_max_age_s=60, max_pending_bytes=1 << 20,
+            tmp_path,
+            segment_max_bytes=1 << 20,
+            segment_max_age_s=60,
+            max_pending_bytes=1 << 20,
             max_disk_bytes=1 << 30,
         )
         await wal.open()

@@ -54,8 +54,16 @@ def parse_float(text: str) -> float:
 def parse_size(text: str) -> int:
     """Bytes, with optional KiB/MiB/GiB (or KB/MB/GB, decimal) suffix."""
     units = {
-        "kib": 1024, "mib": 1024**2, "gib": 1024**3,
-        "kb": 1000, "mb": 1000**2, "gb": 1000**3, "k": 1024, "m": 1024**2, "g": 1024**3, "b": 1,
+        "kib": 1024,
+        "mib": 1024**2,
+        "gib": 1024**3,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+        "k": 1024,
+        "m": 1024**2,
+        "g": 1024**3,
+        "b": 1,
     }
     cleaned = text.strip().lower().replace("_", "")
     for suffix, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):

@@ -12,7 +12,8 @@ from .sinks import SINKS
 @dataclass(frozen=True)
 class WorkerConfig:
     handoff_address: str = env(
-        "HANDOFF_ADDRESS", "unix:/var/run/clickstream/handoff.sock",
+        "HANDOFF_ADDRESS",
+        "unix:/var/run/clickstream/handoff.sock",
         "Where the worker listens for proxies: unix:/path or tcp:HOST:PORT",
     )
     sink: str = env("SINK", "s3", "Sink that makes records durable: " + ", ".join(SINKS), one_of(*SINKS))
@@ -20,15 +21,20 @@ class WorkerConfig:
     http_port: int = env("WORKER_HTTP_PORT", 8686, "Port of /health, /ready and /metrics")
     app_config: str = env("APP_CONFIG", "", "Path of the app configuration YAML (project id); empty = dev")
     max_pending_bytes: int = env(
-        "WORKER_MAX_PENDING_BYTES", 64 * 1024 * 1024,
-        "Bytes accepted but not yet durable before frames are refused (FULL -> proxy 503)", parse_size,
+        "WORKER_MAX_PENDING_BYTES",
+        64 * 1024 * 1024,
+        "Bytes accepted but not yet durable before frames are refused (FULL -> proxy 503)",
+        parse_size,
     )
     drain_deadline_s: float = env(
-        "DRAIN_DEADLINE_S", 30.0, "On SIGTERM: seconds to flush and upload before exiting (ECS stopTimeout)",
+        "DRAIN_DEADLINE_S",
+        30.0,
+        "On SIGTERM: seconds to flush and upload before exiting (ECS stopTimeout)",
     )
     ack_trace: str = env(
-        "WORKER_ACK_TRACE", "", "Test instrumentation: append 'F commit' after each fsync and "
-        "'A commit frame' before each ack to this file",
+        "WORKER_ACK_TRACE",
+        "",
+        "Test instrumentation: append 'F commit' after each fsync and 'A commit frame' before each ack to this file",
     )
 
     def problems(self):

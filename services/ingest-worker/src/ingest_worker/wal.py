@@ -27,11 +27,13 @@ from prometheus_client import Counter, Gauge, Histogram
 log = logging.getLogger("ingest_worker.wal")
 
 FSYNC_SECONDS = Histogram(
-    "worker_wal_fsync_seconds", "Time to write and fsync one group commit",
+    "worker_wal_fsync_seconds",
+    "Time to write and fsync one group commit",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 COMMIT_RECORDS = Histogram(
-    "worker_wal_commit_records", "Records per group commit",
+    "worker_wal_commit_records",
+    "Records per group commit",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
 )
 COMMITTED_RECORDS = Counter("worker_wal_committed_records", "Records written and fsynced to the WAL")

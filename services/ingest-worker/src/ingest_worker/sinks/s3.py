@@ -45,16 +45,16 @@ UPLOAD_BACKLOG = Gauge("worker_s3_upload_backlog_segments", "Sealed segments wai
 @dataclass(frozen=True)
 class S3SinkConfig:
     uri: str = env("SINK_S3_URI", "", "Destination: s3://bucket[/prefix] or file:///path (required)")
-    prefix: str = env(
-        "SINK_S3_PREFIX", "", "Key prefix of raw objects; default clickstream/{project_id}/data/buffer/"
-    )
+    prefix: str = env("SINK_S3_PREFIX", "", "Key prefix of raw objects; default clickstream/{project_id}/data/buffer/")
     wal_dir: str = env("WAL_DIR", "/var/lib/clickstream/wal", "Write-ahead log directory (persistent disk)")
     segment_max_bytes: int = env(
         "SINK_S3_MAX_BYTES", 30_000_000, "Roll an object at this many uncompressed bytes", parse_size
     )
     segment_max_age_s: float = env("SINK_S3_MAX_AGE_S", 300.0, "Roll an object at this age (seconds)")
     wal_max_bytes: int = env(
-        "WAL_MAX_BYTES", 4 * 1024**3, "Disk budget of un-uploaded segments; beyond it the worker refuses work",
+        "WAL_MAX_BYTES",
+        4 * 1024**3,
+        "Disk budget of un-uploaded segments; beyond it the worker refuses work",
         parse_size,
     )
     gzip_level: int = env("SINK_S3_GZIP_LEVEL", 6, "gzip level of raw objects (1-9)")
