@@ -205,13 +205,20 @@ def test_frozen_worker_times_out_and_inflight_limit_rejects_at_once(make_stack):
         assert_503(second, within_s=0.5)
         assert_503(first.result(), within_s=2.0)
 
+    # The stopped worker sends no heartbeat: readiness turns 503 and new requests fail fast.
+    wait_for(lambda: edge.ready()[0] == 503, 4, message="/ready 503 for a silent worker")
+    assert_503(edge.post(), within_s=0.5)
+
     os.kill(stack.worker.pid, signal.SIGCONT)
     wait_for(lambda: edge.post().status == 200, 5, message="200 after the worker resumed")
     assert edge.post().status == 200
 
     rejections = edge.rejections()
-    assert rejections == {"ack_timeout": 2, "inflight_limit": 1}, rejections
     assert sum(rejections.values()) == edge.count(503)
+    assert rejections.pop("ack_timeout") == 2, rejections
+    assert rejections.pop("inflight_limit") == 1, rejections
+    assert rejections.pop("worker_not_ready") >= 1, rejections
+    assert not rejections, rejections
     wait_for_rids(stack.lake, edge.acked(), timeout_s=10)
 
 

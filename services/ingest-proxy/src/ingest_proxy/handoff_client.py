@@ -32,6 +32,9 @@ class Outcome(IntEnum):
     LOST = 101  # the connection broke before the ack
 
 
+HEARTBEAT_TIMEOUT_S = 2.0  # the worker sends its status every 0.5 s
+
+
 class HandoffClient:
     def __init__(
         self,
@@ -49,7 +52,8 @@ class HandoffClient:
         self.max_frame_records = max_frame_records
         self.max_frame_bytes = max_frame_bytes
         self.max_buffered_bytes = max_buffered_bytes
-        self.worker_ready = False
+        self._worker_ready = False
+        self._last_status = 0.0
         self.inflight = 0
         self._writer: asyncio.StreamWriter | None = None
         self._pending: list[tuple[bytes, asyncio.Future]] = []
@@ -60,6 +64,11 @@ class HandoffClient:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    @property
+    def worker_ready(self) -> bool:
+        """The worker said it takes work, and said so recently (a stopped worker goes silent)."""
+        return self._worker_ready and self._loop.time() - self._last_status < HEARTBEAT_TIMEOUT_S
 
     @property
     def connected(self) -> bool:
@@ -107,7 +116,7 @@ class HandoffClient:
                     log.warning("worker connection lost", extra={"error": str(exc)})
             finally:
                 self._writer = None
-                self.worker_ready = False
+                self._worker_ready = False
                 writer.close()
                 self._fail_all(Outcome.LOST)
 
@@ -122,7 +131,8 @@ class HandoffClient:
                 timer.cancel()
                 self._settle(futures, Outcome(payload[0]) if payload else Outcome.ERROR)
             elif kind is Kind.STATUS:
-                self.worker_ready = payload[:1] == b"\x01"
+                self._worker_ready = payload[:1] == b"\x01"
+                self._last_status = self._loop.time()
             else:
                 raise ProtocolError(f"unexpected frame kind {kind.name} from the worker")
 

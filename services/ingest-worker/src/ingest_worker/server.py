@@ -29,7 +29,7 @@ RECORDS = Counter("worker_records", "Records received, by outcome", ["outcome"])
 CONNECTIONS = Gauge("worker_proxy_connections", "Open proxy connections")
 READY = Gauge("worker_ready", "1 when the worker and its sink take work")
 
-STATUS_INTERVAL_S = 0.5
+STATUS_INTERVAL_S = 0.5  # proxies treat 4 missed heartbeats as not ready
 
 
 class HandoffServer:
@@ -39,7 +39,6 @@ class HandoffServer:
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._last_ready: bool | None = None
         self._status_task: asyncio.Task | None = None
 
     def ready(self) -> tuple[bool, str]:
@@ -54,14 +53,14 @@ class HandoffServer:
         log.info("hand-off listening", extra={"address": self.address})
 
     async def _broadcast_status(self) -> None:
+        # Sent on every tick, not only on change: it is also the heartbeat by which a proxy
+        # notices a worker that is alive on the socket but not making progress (e.g. stopped).
         while True:
             ready, _ = self.ready()
             READY.set(1 if ready else 0)
-            if ready != self._last_ready:
-                self._last_ready = ready
-                frame = encode_status(ready)
-                for writer in list(self._writers):
-                    writer.write(frame)
+            frame = encode_status(ready)
+            for writer in list(self._writers):
+                writer.write(frame)
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
