@@ -60,7 +60,7 @@ def b64gzip(data: bytes) -> bytes:
         b'[{"event_type":"_page_view"}]',
         b'  \r\n\t[{"a": 1}]  \n',
         b"[not even json",  # the edge does not parse events (non-strict mode)
-        "[\"caf\u00e9 \u2603 \U0001f600\"]".encode(),
+        '["caf\u00e9 \u2603 \U0001f600"]'.encode(),
         b64gzip(b'[{"event_type":"_session_start"}]'),
         b"\n" + b64gzip(b"") + b"\r\n",  # Base64 of an empty gzip stream still starts with 1f8b
     ],
@@ -130,7 +130,9 @@ def test_any_base64_of_gzip_is_accepted(payload, padding):
     assert check_body(body, LIMITS) == body.decode()
 
 
-@given(st.binary(max_size=300), st.integers(min_value=0, max_value=300), st.sampled_from(b"\x80\xbf\xc0\xc1\xf5\xfe\xff"))
+@given(
+    st.binary(max_size=300), st.integers(min_value=0, max_value=300), st.sampled_from(b"\x80\xbf\xc0\xc1\xf5\xfe\xff")
+)
 def test_every_non_utf8_body_is_a_400(data, where, bad_byte):
     # 0x80-0xbf cannot start a character; c0, c1, f5-ff never occur in UTF-8. A lone one placed at a
     # character boundary (here: in ASCII data) is always invalid.

@@ -42,6 +42,15 @@ OUTCOME_REASONS = {
 }
 
 
+def _utf8(value: str | None) -> str | None:
+    """A header value as valid UTF-8 text: aiohttp decodes header bytes with surrogateescape, and a
+    lone surrogate (from bytes that were not UTF-8, e.g. a Latin-1 User-Agent) would make the raw
+    record unencodable. Such bytes become U+FFFD."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class CollectHandler:
     def __init__(
         self,
@@ -179,12 +188,14 @@ class CollectHandler:
 
         headers = request.headers
         fake_ip = query.get("fakeIp") if self.config.dev else None
-        ip = fake_ip or client_address(request.remote, headers.get("X-Forwarded-For"), self.config.trusted_proxies)
+        ip = fake_ip or client_address(
+            request.remote, _utf8(headers.get("X-Forwarded-For")), self.config.trusted_proxies
+        )
         line = raw_record.build_line(
             body=body,
             ip=ip,
             rid=rid,
-            ua=headers.get("User-Agent"),
+            ua=_utf8(headers.get("User-Agent")),
             uri=request.raw_path,
             path=request.path,
             platform=query.get("platform"),
@@ -232,5 +243,9 @@ class CollectHandler:
             raise Rejection(408, "body_timeout", "request body too slow") from None
         except asyncio.IncompleteReadError:
             raise Rejection(400, "truncated_body", "body shorter than Content-Length") from None
+        except ConnectionError:
+            # The client went away mid-body (mobile networks do): nobody hears this answer, but it
+            # is counted (499, as nginx does) instead of escaping as an unhandled exception.
+            raise Rejection(499, "client_disconnected", "client closed the connection") from None
         except ValueError as exc:  # aiohttp flags bad chunked framing this way
             raise Rejection(400, "bad_framing", str(exc)) from None
