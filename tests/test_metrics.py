@@ -173,18 +173,12 @@ def test_proxy_refuses_an_empty_app_list_in_production(tmp_path):
 
 
 def test_worker_reports_every_configuration_mistake_at_once(tmp_path):
-    result = run_service(
-        "ingest-worker", SINK_S3_GZIP_LEVEL="abc", WORKER_HTTP_PORT="70000", WAL_DIR=str(tmp_path)
-    )
+    result = run_service("ingest-worker", SINK_S3_GZIP_LEVEL="abc", WORKER_HTTP_PORT="70000", WAL_DIR=str(tmp_path))
     assert result.returncode == 2, result
     lines = problem_lines(result.stderr)
-    assert_one_line_each(
-        lines, "WORKER_HTTP_PORT=70000", "SINK_S3_GZIP_LEVEL='abc'", "SINK_S3_URI is required"
-    )
+    assert_one_line_each(lines, "WORKER_HTTP_PORT=70000", "SINK_S3_GZIP_LEVEL='abc'", "SINK_S3_URI is required")
 
-    result = run_service(
-        "ingest-worker", SINK_S3_GZIP_LEVEL="12", SINK_S3_URI=tmp_path.as_uri(), WAL_DIR=str(tmp_path)
-    )
+    result = run_service("ingest-worker", SINK_S3_GZIP_LEVEL="12", SINK_S3_URI=tmp_path.as_uri(), WAL_DIR=str(tmp_path))
     assert result.returncode == 2, result
     assert problem_lines(result.stderr) == ["- SINK_S3_GZIP_LEVEL=12: must be 1-9"]
 

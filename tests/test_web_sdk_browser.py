@@ -170,9 +170,7 @@ def test_every_upload_got_200_and_nothing_is_left_in_the_browser(run, mode):
     assert scenario["queued_events"] is None, scenario["queued_events"][:500]
     assert not any(key.endswith(("/failedEventsKey", "/eventsKey")) for key in scenario["storage_keys"])
     assert "HeadlessChrome" in scenario["user_agent"]
-    sequence_ids = sorted(
-        int(parse_qs(urlsplit(p["url"]).query)["event_bundle_sequence_id"][0]) for p in posts
-    )
+    sequence_ids = sorted(int(parse_qs(urlsplit(p["url"]).query)["event_bundle_sequence_id"][0]) for p in posts)
     assert sequence_ids == list(range(1, len(posts) + 1))
 
 
@@ -228,9 +226,7 @@ def test_the_sdk_recorded_the_scenario(run, mode):
         # one flush per step at least (the driver waits for the queue to empty between steps)
         assert len(bodies) >= 3 and max(len(body) for body in bodies) >= 5, [len(b) for b in bodies]
         shop_flush = next(b for b in bodies if any(e["event_type"] == "add_to_cart" for e in b))
-        assert {"add_to_cart", "_profile_set", "_page_view", "begin_checkout"} <= {
-            e["event_type"] for e in shop_flush
-        }
+        assert {"add_to_cart", "_profile_set", "_page_view", "begin_checkout"} <= {e["event_type"] for e in shop_flush}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -65,12 +65,11 @@ def integer_or_none(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text or len(text) > 19:
+    if text.startswith("-"):
+        return -integer_or_none(text[1:]) if text[1:].isdigit() else None
+    if not text or len(text) > 19 or not (text.isascii() and text.isdigit()):
         return None
-    try:
-        return int(text, 10)
-    except ValueError:
-        return None
+    return int(text, 10)
 
 
 def build_line(

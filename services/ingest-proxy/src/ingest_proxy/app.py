@@ -71,9 +71,7 @@ class CollectHandler:
         origins = list(config.cors_origins) or (["*"] if config.dev else [])
         self.cors = CorsPolicy(origins, app_config, config.cors_max_age_s)
         self.verifier = (
-            JwtVerifier(config.auth_issuer, config.auth_audience, config.auth_jwks_url)
-            if config.auth_issuer
-            else None
+            JwtVerifier(config.auth_issuer, config.auth_audience, config.auth_jwks_url) if config.auth_issuer else None
         )
         self.durable = config.ack_mode == "durable"
         self.retry_after = str(config.retry_after_s)
@@ -140,8 +138,12 @@ class CollectHandler:
         if self.config.access_log:
             access.info(
                 "request",
-                extra={"status": response.status, "uri": request.raw_path, "ip": request.remote,
-                       "ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={
+                    "status": response.status,
+                    "uri": request.raw_path,
+                    "ip": request.remote,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
             )
         return response
 
@@ -158,9 +160,7 @@ class CollectHandler:
                     raise Rejection(403, "origin_not_allowed", "origin not allowed")
                 return web.Response(
                     status=204,
-                    headers=self.cors.preflight_headers(
-                        origin, request.headers.get("Access-Control-Request-Headers")
-                    ),
+                    headers=self.cors.preflight_headers(origin, request.headers.get("Access-Control-Request-Headers")),
                 )
             if method != "POST":
                 raise Rejection(405, "method_not_allowed", "use POST")

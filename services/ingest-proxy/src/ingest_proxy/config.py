@@ -13,9 +13,10 @@ ACK_MODES = ("durable", "after-handoff-may-lose-data")
 @dataclass(frozen=True)
 class ProxyConfig:
     mode: str = env(
-        "CLICKSTREAM_MODE", "production",
-        "production: strict (app config required, explicit CORS origins); dev: any appId and Origin, "
-        "fakeIp honoured", one_of("production", "dev"),
+        "CLICKSTREAM_MODE",
+        "production",
+        "production: strict (app config required, explicit CORS origins); dev: any appId and Origin, fakeIp honoured",
+        one_of("production", "dev"),
     )
     host: str = env("HOST", "0.0.0.0", "Listen address")
     port: int = env("PORT", 8088, "Listen port (shared by every proxy process through SO_REUSEPORT)")
@@ -23,14 +24,18 @@ class ProxyConfig:
     collect_path: str = env("COLLECT_PATH", "/collect", "Path the SDKs post to")
     app_config: str = env("APP_CONFIG", "", "App configuration YAML (allow-list, per-app origins)")
     cors_origins: list[str] = env(
-        "CORS_ALLOWED_ORIGINS", [], "Origins allowed for every app: exact origins, *.domain wildcards, "
-        "or * (echo any; the default in dev mode)", parse_list,
+        "CORS_ALLOWED_ORIGINS",
+        [],
+        "Origins allowed for every app: exact origins, *.domain wildcards, or * (echo any; the default in dev mode)",
+        parse_list,
     )
     cors_max_age_s: int = env("CORS_MAX_AGE_S", 600, "Access-Control-Max-Age of preflight answers")
     max_body_bytes: int = env("MAX_BODY_BYTES", 1024 * 1024, "Largest accepted body (413 beyond)", parse_size)
     max_decompressed_bytes: int = env(
-        "MAX_DECOMPRESSED_BYTES", 10 * 1024 * 1024,
-        "Largest body after undoing Content-Encoding: gzip (413 beyond)", parse_size,
+        "MAX_DECOMPRESSED_BYTES",
+        10 * 1024 * 1024,
+        "Largest body after undoing Content-Encoding: gzip (413 beyond)",
+        parse_size,
     )
     strict_json: bool = env("STRICT_JSON", False, "Parse JSON bodies at the edge and answer 400 when invalid")
     verify_hash_code: bool = env(
@@ -39,19 +44,17 @@ class ProxyConfig:
     trusted_proxies: int = env(
         "TRUSTED_PROXIES", 0, "Proxies in front of us that append to X-Forwarded-For (1 behind an ALB)"
     )
-    handoff_address: str = env(
-        "HANDOFF_ADDRESS", "unix:/var/run/clickstream/handoff.sock", "Worker hand-off address"
-    )
+    handoff_address: str = env("HANDOFF_ADDRESS", "unix:/var/run/clickstream/handoff.sock", "Worker hand-off address")
     ack_mode: str = env(
-        "ACK_MODE", "durable",
+        "ACK_MODE",
+        "durable",
         "durable: 200 only after the worker's sink has the records; after-handoff-may-lose-data: 200 once "
-        "written to the worker connection (a crash can lose acknowledged requests)", one_of(*ACK_MODES),
+        "written to the worker connection (a crash can lose acknowledged requests)",
+        one_of(*ACK_MODES),
     )
     ack_timeout_s: float = env("ACK_TIMEOUT_S", 3.0, "Longest wait for the worker's ack, then 503")
     retry_after_s: int = env("RETRY_AFTER_S", 1, "Retry-After of 503 answers")
-    max_inflight: int = env(
-        "MAX_INFLIGHT_REQUESTS", 4096, "Requests per process waiting for the worker before 503s"
-    )
+    max_inflight: int = env("MAX_INFLIGHT_REQUESTS", 4096, "Requests per process waiting for the worker before 503s")
     body_timeout_s: float = env("BODY_TIMEOUT_S", 10.0, "Longest time to receive a request body (408)")
     keepalive_timeout_s: float = env("KEEPALIVE_TIMEOUT_S", 75.0, "Idle keep-alive connection lifetime")
     drain_deadline_s: float = env("DRAIN_DEADLINE_S", 30.0, "On SIGTERM: time to finish in-flight requests")

@@ -43,9 +43,7 @@ async def serve_process(config: ProxyConfig, shared: SharedState, index: int) ->
     from .handoff_client import HandoffClient
 
     app_config = load_app_config(config)
-    client = HandoffClient(
-        config.handoff_address, ack_timeout_s=config.ack_timeout_s, max_inflight=config.max_inflight
-    )
+    client = HandoffClient(config.handoff_address, ack_timeout_s=config.ack_timeout_s, max_inflight=config.max_inflight)
     await client.start()
     handler = CollectHandler(config, app_config, client, shared, index)
     server = web.Server(
@@ -59,9 +57,7 @@ async def serve_process(config: ProxyConfig, shared: SharedState, index: int) ->
         lingering_time=1.0,
     )
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(
-        server, config.host, config.port, reuse_port=True, backlog=4096
-    )
+    listener = await loop.create_server(server, config.host, config.port, reuse_port=True, backlog=4096)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -98,6 +94,9 @@ def process_main(config: ProxyConfig, shared: SharedState, index: int) -> None:
     import uvloop
 
     logs.setup("ingest-proxy")
+    from .metrics import MalformedHttpFilter
+
+    logging.getLogger("aiohttp.server").addFilter(MalformedHttpFilter())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM drains
     uvloop.run(serve_process(config, shared, index))
 
