@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scripts import sdkgen
 from scripts.stack import LocalStack, free_port
-from tests.support import metric_value, wait_for_rids
+from tests.support import metric_value, wait_for, wait_for_rids
 
 AUDIENCE = "clickstream"
 KID = "test-key-1"
@@ -193,10 +193,15 @@ def test_every_bad_token_gets_401(auth_stack, issuer):
     answers = {name: post(auth_stack, authorization)[0] for name, authorization in cases.items()}
     assert answers == dict.fromkeys(cases, 401)
 
-    connection = http.client.HTTPConnection("127.0.0.1", auth_stack.port, timeout=10)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    connection.close()
-    assert metric_value(text, "proxy_rejections_total", {"reason": "unauthenticated"}) == len(cases)
+    def unauthenticated() -> float:
+        connection = http.client.HTTPConnection("127.0.0.1", auth_stack.port, timeout=10)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        connection.close()
+        return metric_value(text, "proxy_rejections_total", {"reason": "unauthenticated"})
+
+    # Processes publish their counts every 100 ms (metrics.FLUSH_INTERVAL_S).
+    wait_for(lambda: unauthenticated() >= len(cases), 2, 0.05, "the rejections in /metrics")
+    assert unauthenticated() == len(cases)
     # A token still valid after all of that: the rejections left the verifier in a good state.
     assert post(auth_stack, "Bearer " + token(issuer))[0] == 200

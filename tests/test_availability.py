@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from ingest_proxy.metrics import FLUSH_INTERVAL_S
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -101,6 +102,8 @@ class Edge:
         return status, orjson.loads(body)["reason"]
 
     def rejections(self) -> dict[str, float]:
+        # Each proxy process publishes its counts every FLUSH_INTERVAL_S; another may answer.
+        time.sleep(2.5 * FLUSH_INTERVAL_S)
         status, body = self.get("/metrics")
         assert status == 200
         counts: dict[str, float] = {}

@@ -82,8 +82,11 @@ def test_metrics_sum_every_proxy_process(two_process_stack):
     assert len(rids) == REQUESTS
     sent_bytes = sum(len(body.encode()) for body in bodies)
 
-    # SO_REUSEPORT spread the connections: both processes answered some.
-    served = per_process_collect_200(stack.data_dir / "run" / "proxy-metrics")
+    # SO_REUSEPORT spread the connections: both processes answered some. Each process flushes its
+    # counts into its metric file every 100 ms (metrics.FLUSH_INTERVAL_S), so allow for that.
+    metric_dir = stack.data_dir / "run" / "proxy-metrics"
+    wait_for(lambda: sum(per_process_collect_200(metric_dir).values()) >= REQUESTS, 2, 0.02, "metric flush")
+    served = per_process_collect_200(metric_dir)
     assert len(served) == 2 and all(count > 0 for count in served.values()), served
     assert sum(served.values()) == REQUESTS
 

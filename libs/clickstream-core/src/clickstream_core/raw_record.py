@@ -6,6 +6,7 @@ This module is the only place that knows the field set. Writers call `build_line
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -57,8 +58,14 @@ class Arrival:
     @classmethod
     def at(cls, epoch_ms: int) -> Arrival:
         seconds, millis = divmod(epoch_ms, 1000)
-        base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        base = _second_text(seconds)
         return cls(epoch_ms, f"{base}+00:00", f"{base}.{millis:03d}Z")
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
+    # Thousands of requests share each second; formatting it once is most of Arrival's cost.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def integer_or_none(value: str | None) -> int | None:

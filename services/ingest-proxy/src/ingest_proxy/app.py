@@ -16,7 +16,7 @@ from .auth import AuthError, JwtVerifier
 from .config import ProxyConfig
 from .cors import CorsPolicy
 from .handoff_client import HandoffClient, Outcome
-from .metrics import ACCEPTED_RECORDS, LATENCY, REJECTIONS, REQUEST_BYTES, REQUESTS
+from .metrics import Tally
 from .protocol import (
     Limits,
     Rejection,
@@ -75,6 +75,7 @@ class CollectHandler:
         )
         self.durable = config.ack_mode == "durable"
         self.retry_after = str(config.retry_after_s)
+        self.tally = Tally()
         self.draining = False
         self.active = 0
 
@@ -86,9 +87,9 @@ class CollectHandler:
             return await self.collect(request)
         if path in SERVICE_PATHS:
             response = await self.service(request, path)
-            REQUESTS.labels(path[1:], str(response.status)).inc()
+            self.tally.requests[path[1:], response.status] += 1
             return response
-        REQUESTS.labels("other", "404").inc()
+        self.tally.requests["other", 404] += 1
         return web.Response(status=404, text="not found")
 
     async def service(self, request: web.BaseRequest, path: str) -> web.Response:
@@ -106,6 +107,7 @@ class CollectHandler:
                 body=orjson.dumps({"ready": ready, "reason": reason}),
                 content_type="application/json",
             )
+        self.tally.flush()
         body, content_type = await asyncio.to_thread(metrics_export.render)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -115,7 +117,7 @@ class CollectHandler:
     # ---- the collect path ------------------------------------------------------------------------
 
     def _reject(self, rejection: Rejection, cors: dict | None, rid: str) -> web.Response:
-        REJECTIONS.labels(rejection.reason).inc()
+        self.tally.rejections[rejection.reason] += 1
         headers = {"X-Request-ID": rid}
         if cors:
             headers.update(cors)
@@ -133,8 +135,9 @@ class CollectHandler:
             response = await self._collect(request)
         finally:
             self.active -= 1
-        REQUESTS.labels("collect", str(response.status)).inc()
-        LATENCY.observe(time.perf_counter() - started)
+        tally = self.tally
+        tally.requests["collect", response.status] += 1
+        tally.observe_latency(time.perf_counter() - started)
         if self.config.access_log:
             access.info(
                 "request",
@@ -179,7 +182,7 @@ class CollectHandler:
                 raise Rejection(503, self.client.unavailable_reason(), "temporarily unavailable, retry later")
             check_declared_length(request.content_length, self.limits)
             data = await self._read_body(request)
-            REQUEST_BYTES.inc(len(data))
+            self.tally.request_bytes += len(data)
             data = decode_content(data, request.headers.get("Content-Encoding"), self.limits)
             body = check_body(data, self.limits)
             check_hash_code(body, query.get("hashCode"), self.limits)
@@ -214,7 +217,7 @@ class CollectHandler:
             outcome = Outcome.DURABLE if await self.client.sent() else Outcome.LOST
         if outcome is not Outcome.DURABLE:
             return self._reject(Rejection(503, OUTCOME_REASONS[outcome], "retry later"), cors, rid)
-        ACCEPTED_RECORDS.inc()
+        self.tally.accepted += 1
         response = web.Response(status=200, headers={"X-Request-ID": rid})
         if cors:
             response.headers.update(cors)

@@ -63,9 +63,12 @@ async def serve_process(config: ProxyConfig, shared: SharedState, index: int) ->
         loop.add_signal_handler(signum, stop.set)
 
     async def publish_state() -> None:
+        from .metrics import FLUSH_INTERVAL_S
+
         while True:
             handler.publish_handoff_state()
-            await asyncio.sleep(0.25)
+            handler.tally.flush()
+            await asyncio.sleep(FLUSH_INTERVAL_S)
 
     publisher = asyncio.create_task(publish_state())
     log.info("proxy process serving", extra={"port": config.port, "index": index})
@@ -86,6 +89,7 @@ async def serve_process(config: ProxyConfig, shared: SharedState, index: int) ->
     listener.close()
     await server.shutdown(timeout=max(0.1, min(5.0, deadline - loop.time())))
     publisher.cancel()
+    handler.tally.flush()  # the last counts, before the process's metric file is final
     await client.close()
     log.info("proxy process stopped", extra={"index": index})
 

@@ -68,18 +68,30 @@ class HandoffServer:
         self._writers.add(writer)
         writer.write(encode_status(self.ready()[0]))
         sink = self.sink
+        frames_accepted = FRAMES.labels("accepted")
+        records_accepted = RECORDS.labels("accepted")
         trace = getattr(getattr(sink, "wal", None), "trace_ack", None)
 
+        loop = asyncio.get_running_loop()
+        acks: list[bytes] = []
+
+        def send_acks() -> None:
+            # A group commit resolves many frames at once: their acks leave in one write.
+            if not writer.is_closing():
+                writer.write(b"".join(acks))
+            acks.clear()
+
         def acknowledge(frame_id: int, future: asyncio.Future) -> None:
-            if writer.is_closing():
-                return
             if future.cancelled() or future.exception() is not None:
                 FRAMES.labels("error").inc()
-                writer.write(encode_ack(frame_id, AckStatus.ERROR))
-                return
-            if trace is not None:
-                trace(future.result(), frame_id)
-            writer.write(encode_ack(frame_id, AckStatus.DURABLE))
+                status = AckStatus.ERROR
+            else:
+                if trace is not None:
+                    trace(future.result(), frame_id)
+                status = AckStatus.DURABLE
+            if not acks:
+                loop.call_soon(send_acks)
+            acks.append(encode_ack(frame_id, status))
 
         try:
             while True:
@@ -99,8 +111,8 @@ class HandoffServer:
                     RECORDS.labels("refused").inc(len(records))
                     writer.write(encode_ack(frame_id, refused.status))
                     continue
-                FRAMES.labels("accepted").inc()
-                RECORDS.labels("accepted").inc(len(records))
+                frames_accepted.inc()
+                records_accepted.inc(len(records))
                 future.add_done_callback(lambda f, fid=frame_id: acknowledge(fid, f))
                 if writer.transport.get_write_buffer_size() > 1 << 20:
                     await writer.drain()

@@ -57,7 +57,9 @@ class S3SinkConfig:
         "Disk budget of un-uploaded segments; beyond it the worker refuses work",
         parse_size,
     )
-    gzip_level: int = env("SINK_S3_GZIP_LEVEL", 6, "gzip level of raw objects (1-9)")
+    gzip_level: int = env(
+        "SINK_S3_GZIP_LEVEL", 3, "gzip level of raw objects (1-9); 3 is 1.7x faster than 6 for 11% more bytes"
+    )
     upload_concurrency: int = env("SINK_S3_UPLOAD_CONCURRENCY", 2, "Segments uploaded at once")
     writer_id: str = env("WORKER_ID", "", "Stable writer id in object names; default: generated once per WAL")
 
