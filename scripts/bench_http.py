@@ -76,16 +76,34 @@ def parse_wrk(output: str) -> dict:
     return result
 
 
-def run_wrk(url_base: str, target: str, body_file: Path, seconds: float, connections: int, pause_ms: int = 0) -> dict:
+def run_wrk(
+    url_base: str,
+    target: str,
+    body_file: Path,
+    seconds: float,
+    connections: int,
+    pause_ms: int = 0,
+    watch: dict[str, list[psutil.Process]] | None = None,
+) -> dict:
+    """One wrk run; with `watch`, also the CPU share (of one core) each group of processes used."""
     script = body_file.with_suffix(f".{pause_ms}.lua")
     script.write_text(LUA.format(body=body_file, target=target, pause_ms=pause_ms))
-    output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url_base],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return parse_wrk(output)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url_base]
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    groups = {"wrk": [psutil.Process(wrk.pid)], **(watch or {})}
+
+    def cpu() -> dict[str, float]:
+        return {name: sum(sum(p.cpu_times()[:2]) for p in procs) for name, procs in groups.items()}
+
+    before, started = cpu(), time.monotonic()
+    time.sleep(seconds * 0.9)
+    after, elapsed = cpu(), time.monotonic() - started
+    output, _ = wrk.communicate()
+    if wrk.returncode:
+        raise RuntimeError(f"wrk failed: {output}")
+    result = parse_wrk(output)
+    result["cpu"] = {name: (after[name] - before[name]) / elapsed for name in groups}
+    return result
 
 
 def start_nginx(work: Path) -> tuple[subprocess.Popen, int]:
@@ -100,9 +118,14 @@ def start_nginx(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def proxy_processes(stack: LocalStack) -> list[psutil.Process]:
+    """The serving processes (not the supervisor, not multiprocessing's resource tracker)."""
+    children = psutil.Process(stack.proxy.pid).children()
+    return [child for child in children if "resource_tracker" not in " ".join(child.cmdline())]
+
+
 def proxy_rss_mb(stack: LocalStack) -> list[float]:
-    parent = psutil.Process(stack.proxy.pid)
-    return [round(child.memory_info().rss / 1e6, 1) for child in parent.children()]
+    return [round(child.memory_info().rss / 1e6, 1) for child in proxy_processes(stack)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, (body_file, target, size) in shapes.items():
             run_wrk(stack.url, target, body_file, 2, args.connections)  # warm-up
-            ours = run_wrk(stack.url, target, body_file, args.seconds, args.connections)
+            watch = {"proxy": proxy_processes(stack), "worker": [psutil.Process(stack.worker.pid)]}
+            ours = run_wrk(stack.url, target, body_file, args.seconds, args.connections, watch=watch)
             ref = run_wrk(f"http://127.0.0.1:{nginx_port}", target, body_file, args.seconds, args.connections)
             rss = proxy_rss_mb(stack)
             # Half our peak rate, paced per connection, for the latency goal.
@@ -169,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if ours["non2xx"] or paced["non2xx"]:
             print(f"  note: non-200 answers under load: {ours['non2xx']} (peak), {paced['non2xx']} (half rate)")
+        shares = ", ".join(f"{name} {share * 100:.0f}%" for name, share in ours["cpu"].items())
+        print(
+            f"  CPU at peak, in % of one core: {shares}; proxy CPU per request "
+            f"{ours['cpu']['proxy'] / ours['rps'] * 1e6:.0f} us, "
+            f"worker {ours['cpu']['worker'] / ours['rps'] * 1e6:.0f} us"
+        )
         if ours["socket_errors"] != "none":
             print(f"  socket errors: {ours['socket_errors']}")
     print(f"run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")

@@ -226,6 +226,13 @@ class CollectHandler:
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.limits.max_body_bytes
         content = request.content
+        if content.is_eof() and request.content_length is not None:
+            # The whole body arrived with the headers (the usual case for SDK batches): nothing
+            # to wait for, so no timer to arm.
+            data = await content.read()
+            if len(data) != request.content_length:
+                raise Rejection(400, "truncated_body", "body shorter than Content-Length")
+            return data
         try:
             async with asyncio.timeout(self.config.body_timeout_s):
                 declared = request.content_length
