@@ -807,3 +807,17 @@ def test_after_the_battery_the_proxy_is_healthy_and_small(stack, baseline, tuned
         assert rss_mb < 150, f"proxy process {process.pid}: {rss_mb:.0f} MB resident"
     faults = server_faults(stack, baseline["log_offset"]) + server_faults(tuned_stack) + server_faults(prod_stack)
     assert not faults, "\n".join(faults)
+
+
+def test_expect_100_continue_gets_its_interim_answer_at_once(port):
+    """A client that asks first hears 100 Continue without waiting, then 200 for the body."""
+    body = b'[{"event_type":"e"}]'
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head("POST", "/collect?appId=shop", "Expect: 100-continue", f"Content-Length: {len(body)}"))
+        sock.settimeout(0.5)  # curl would give up waiting after 1 s and send the body anyway
+        interim = sock.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.settimeout(5)
+        sock.sendall(body)
+        final = sock.recv(4096)
+        assert final.startswith(b"HTTP/1.1 200 "), final
