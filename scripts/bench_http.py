@@ -166,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             ref = run_wrk(f"http://127.0.0.1:{nginx_port}", target, body_file, args.seconds, args.connections)
             rss = proxy_rss_mb(stack)
             # Half our peak rate, paced per connection, for the latency goal.
+            # Half our peak rate, paced by a per-connection pause (wrk's delay(), whole ms), with
+            # two short calibration runs since the pause's effect depends on the service time.
             half = ours["rps"] / 2
-            pause = max(1, int(args.connections * 1000 / half - ours["p50_ms"]))
+            pause = max(1, round(args.connections * 1000 / half - ours["p50_ms"]))
+            for _ in range(2):
+                probe = run_wrk(stack.url, target, body_file, 3, args.connections, pause)
+                cycle_ms = args.connections * 1000 / probe["rps"]  # pause + service time per request
+                pause = max(1, round(pause + cycle_ms * (probe["rps"] / half - 1)))
             paced = run_wrk(stack.url, target, body_file, args.seconds, args.connections, pause)
             rows.append((name, size, ours, ref, paced, rss))
     finally:
