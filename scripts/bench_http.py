@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from scripts import sdkgen
-from scripts.stack import LocalStack, _wait_http, free_port
+from scripts.stack import LocalStack, _wait_http, free_port, metric_value
 
 EVENTS_PER_BODY = 10
 
@@ -118,6 +118,19 @@ def start_nginx(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def group_commits(stack: LocalStack) -> tuple[float, float, float]:
+    """(commits, records, seconds in write+fdatasync) so far, from the worker's metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(stack.worker_url + "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return (
+        metric_value(text, "worker_wal_commit_records_count"),
+        metric_value(text, "worker_wal_commit_records_sum"),
+        metric_value(text, "worker_wal_fsync_seconds_sum"),
+    )
+
+
 def proxy_processes(stack: LocalStack) -> list[psutil.Process]:
     """The serving processes (not the supervisor, not multiprocessing's resource tracker)."""
     children = psutil.Process(stack.proxy.pid).children()
@@ -162,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, (body_file, target, size) in shapes.items():
             run_wrk(stack.url, target, body_file, 2, args.connections)  # warm-up
             watch = {"proxy": proxy_processes(stack), "worker": [psutil.Process(stack.worker.pid)]}
+            commits_before = group_commits(stack)
             ours = run_wrk(stack.url, target, body_file, args.seconds, args.connections, watch=watch)
+            ours["commits"] = [
+                after - before for after, before in zip(group_commits(stack), commits_before, strict=True)
+            ]
             ref = run_wrk(f"http://127.0.0.1:{nginx_port}", target, body_file, args.seconds, args.connections)
             rss = proxy_rss_mb(stack)
             # Half our peak rate, paced per connection, for the latency goal.
@@ -205,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{ours['cpu']['proxy'] / ours['rps'] * 1e6:.0f} us, "
             f"worker {ours['cpu']['worker'] / ours['rps'] * 1e6:.0f} us"
         )
+        commits, records, sync_s = ours["commits"]
+        if commits:
+            print(
+                f"  group commit at peak: {commits:.0f} fdatasyncs for {records:.0f} records "
+                f"({records / commits:.1f} per sync, {sync_s / commits * 1000:.2f} ms per write+sync)"
+            )
         if ours["socket_errors"] != "none":
             print(f"  socket errors: {ours['socket_errors']}")
     print(f"run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")

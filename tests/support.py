@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from scripts.stack import read_lake
+from scripts.stack import metric_value, read_lake
+
+__all__ = ["metric_value", "read_lake", "wait_for", "wait_for_rids"]
 
 
 def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1, message: str = "condition"):
@@ -24,19 +26,3 @@ def wait_for_rids(root: Path, rids: set[str], timeout_s: float = 20.0) -> list[d
         return records if rids <= {r["rid"] for r in records} else None
 
     return wait_for(landed, timeout_s, 0.2, f"{len(rids)} request ids in {root}")
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of `name` (optionally matching labels) in Prometheus exposition text."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            continue
-        total += float(value)
-    return total
