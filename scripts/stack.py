@@ -89,6 +89,19 @@ class LocalStack:
     worker: subprocess.Popen | None = None
     proxy: subprocess.Popen | None = None
 
+    @classmethod
+    def isolated(cls, data_dir: Path, **overrides) -> LocalStack:
+        """A stack on free ports with its logs under `data_dir` (what tests want); objects roll every second."""
+        settings = {
+            "port": free_port(),
+            "worker_http_port": free_port(),
+            "processes": 2,
+            "roll_seconds": 1.0,
+            "log_dir": Path(data_dir) / "logs",
+        }
+        settings.update(overrides)
+        return cls(data_dir=Path(data_dir), **settings)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -18,13 +18,8 @@ from scripts.stack import LocalStack, free_port, start_moto  # noqa: E402
 def stack(tmp_path_factory) -> LocalStack:
     """A dev-mode stack (any appId, any Origin) shared by the HTTP tests; objects roll every second."""
     data_dir = tmp_path_factory.mktemp("stack")
-    local = LocalStack(
-        data_dir=data_dir,
-        port=free_port(),
-        worker_http_port=free_port(),
-        processes=2,
-        roll_seconds=1.0,
-        log_dir=data_dir / "logs",
+    local = LocalStack.isolated(
+        data_dir,
     )
     local.start()
     yield local

@@ -80,14 +80,9 @@ def issuer():
 @pytest.fixture(scope="module")
 def auth_stack(issuer, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("auth-stack")
-    stack = LocalStack(
-        data_dir=data_dir,
-        port=free_port(),
-        worker_http_port=free_port(),
-        processes=2,
-        roll_seconds=1.0,
+    stack = LocalStack.isolated(
+        data_dir,
         proxy_env={"AUTH_OIDC_ISSUER": issuer.url, "AUTH_OIDC_AUDIENCE": AUDIENCE},
-        log_dir=data_dir / "logs",
     )
     stack.start()
     yield stack

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from scripts import sdkgen
-from scripts.stack import LocalStack, free_port
+from scripts.stack import LocalStack
 from tests.support import metric_value, wait_for, wait_for_rids
 
 BODY = sdkgen.body_text(sdkgen.sample_batch(3, seed=11))
@@ -132,14 +132,11 @@ def make_stack(tmp_path):
 
     def make(name: str = "stack", processes: int = 1, roll_seconds: float = 1.0, **proxy_env: str):
         data_dir = tmp_path / name
-        stack = LocalStack(
-            data_dir=data_dir,
-            port=free_port(),
-            worker_http_port=free_port(),
+        stack = LocalStack.isolated(
+            data_dir,
             processes=processes,
             roll_seconds=roll_seconds,
             proxy_env={"CLICKSTREAM_MODE": "dev", **proxy_env},
-            log_dir=data_dir / "logs",
         )
         stacks.append(stack)
         return stack

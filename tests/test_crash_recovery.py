@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from scripts import sdkgen
-from scripts.stack import LocalStack, free_port
+from scripts.stack import LocalStack
 from tests.support import metric_value, read_lake
 
 CONCURRENCY = 256
@@ -65,14 +65,10 @@ async def load(stack: LocalStack, stop: asyncio.Event, outcomes: dict, inflight:
 @pytest.mark.slow
 def test_kill_9_worker_under_load_loses_nothing_acknowledged(tmp_path):
     trace = tmp_path / "ack-trace"
-    stack = LocalStack(
-        data_dir=tmp_path,
-        port=free_port(),
-        worker_http_port=free_port(),
-        processes=2,
+    stack = LocalStack.isolated(
+        tmp_path,
         roll_seconds=0.5,
         worker_env={"WORKER_ACK_TRACE": str(trace)},
-        log_dir=tmp_path / "logs",
     )
     stack.start()
     outcomes: dict = collections.defaultdict(list)

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from ingest_proxy.protocol import Limits, Rejection, check_app_id, check_body, check_declared_length
 
 from scripts import sdkgen
-from scripts.stack import LocalStack, free_port
+from scripts.stack import LocalStack
 from tests.support import wait_for_rids
 
 MiB = 1024 * 1024
@@ -168,14 +168,10 @@ def assert_no_cors(answer: Answer) -> None:
 
 def own_stack(tmp_path_factory, name: str, proxy_env: dict[str, str]) -> LocalStack:
     data_dir = tmp_path_factory.mktemp(name)
-    return LocalStack(
-        data_dir=data_dir,
-        port=free_port(),
-        worker_http_port=free_port(),
+    return LocalStack.isolated(
+        data_dir,
         processes=1,
-        roll_seconds=1.0,
         proxy_env=proxy_env,
-        log_dir=data_dir / "logs",
     )
 
 

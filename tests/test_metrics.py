@@ -38,13 +38,8 @@ def fetch(port: int, path: str) -> str:
 @pytest.fixture(scope="module")
 def two_process_stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("metrics-stack")
-    stack = LocalStack(
-        data_dir=data_dir,
-        port=free_port(),
-        worker_http_port=free_port(),
-        processes=2,
-        roll_seconds=1.0,
-        log_dir=data_dir / "logs",
+    stack = LocalStack.isolated(
+        data_dir,
     )
     stack.start()
     yield stack

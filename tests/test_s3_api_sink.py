@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from scripts import sdkgen
-from scripts.stack import LocalStack, free_port
+from scripts.stack import LocalStack
 
 
 @pytest.fixture
@@ -30,15 +30,12 @@ def s3_stack(tmp_path, moto_endpoint):
         aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket="raw-bucket")
-    stack = LocalStack(
-        data_dir=tmp_path,
-        port=free_port(),
-        worker_http_port=free_port(),
+    stack = LocalStack.isolated(
+        tmp_path,
         processes=1,
         sink_uri="s3://raw-bucket/team-a",
         roll_seconds=0.5,
         env=aws,
-        log_dir=tmp_path / "logs",
     )
     stack.start()
     yield stack, client

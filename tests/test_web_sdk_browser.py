@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from scripts.stack import LocalStack, free_port
+from scripts.stack import LocalStack
 from tests.support import read_lake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +75,9 @@ def page_server():
 def run(tmp_path_factory, page_server) -> dict:
     """Both scenarios against a fresh stack, then the drained lake: everything the tests check."""
     data_dir = tmp_path_factory.mktemp("web-sdk-stack")
-    stack = LocalStack(
-        data_dir=data_dir,
-        port=free_port(),
-        worker_http_port=free_port(),
+    stack = LocalStack.isolated(
+        data_dir,
         processes=1,
-        roll_seconds=1,
-        log_dir=data_dir / "logs",
     )
     out = data_dir / "browser-result.json"
     began_ms = time.time_ns() // 1_000_000
