@@ -207,7 +207,13 @@ class LocalStack:
 
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
-    stack = LocalStack(data_dir=data_dir, port=args.port, processes=args.processes, roll_seconds=args.roll_seconds)
+    stack = LocalStack(
+        data_dir=data_dir,
+        port=args.port,
+        worker_http_port=args.worker_port,
+        processes=args.processes,
+        roll_seconds=args.roll_seconds,
+    )
     stopping = False
 
     def on_signal(_signum, _frame):
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     up_parser = sub.add_parser("up", help="run the local stack in the foreground")
     up_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     up_parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
+    up_parser.add_argument("--worker-port", type=int, default=int(os.environ.get("WORKER_HTTP_PORT", "8686")))
     up_parser.add_argument("--processes", type=int, default=int(os.environ.get("PROXY_PROCESSES", "0") or 0))
     up_parser.add_argument("--roll-seconds", type=float, default=float(os.environ.get("SINK_S3_MAX_AGE_S", "10")))
     args = parser.parse_args(argv)
