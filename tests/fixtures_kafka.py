@@ -1,0 +1,1 @@
+"""Fixtures for a real Apache Kafka broker (filled in by the Kafka infrastructure work)."""

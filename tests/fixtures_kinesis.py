@@ -1,0 +1,1 @@
+"""Fixtures for the Kinesis and DynamoDB emulators (filled in by the emulator infrastructure work)."""
