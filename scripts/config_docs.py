@@ -12,7 +12,11 @@ from pathlib import Path
 from clickstream_core.settings import describe
 from ingest_proxy.config import ProxyConfig
 from ingest_worker.config import WorkerConfig
+from ingest_worker.sinks.kafka import KafkaSinkConfig
+from ingest_worker.sinks.kinesis import KinesisSinkConfig
 from ingest_worker.sinks.s3 import S3SinkConfig
+from kinesis_s3_sink.config import SinkConfig
+from kinesis_s3_sink.sources.kafka import KafkaSourceConfig
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -34,6 +38,10 @@ SECTIONS = [
     ("ingest-proxy", ProxyConfig),
     ("ingest-worker", WorkerConfig),
     ("ingest-worker, S3 sink (`SINK=s3`)", S3SinkConfig),
+    ("ingest-worker, Kafka sink (`SINK=kafka`)", KafkaSinkConfig),
+    ("ingest-worker, Kinesis sink (`SINK=kinesis`)", KinesisSinkConfig),
+    ("kinesis-s3-sink", SinkConfig),
+    ("kinesis-s3-sink, Kafka source (`SOURCE=kafka`)", KafkaSourceConfig),
 ]
 
 

@@ -222,7 +222,13 @@ def up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack.start()
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError):
+        stack.stop()
+        if stopping:  # Ctrl-C while starting: the children got it too
+            return 0
+        raise
     print(
         f"clickstream local stack is up\n"
         f"  collect:  POST {stack.url}/collect?appId=<your app>&platform=Web\n"

@@ -4,7 +4,8 @@ Every frame starts with a fixed header `kind:u8 frame_id:u64 length:u32` followe
 
 - RECORDS (proxy -> worker): payload is a run of `len:u32 bytes` items, one encoded raw record each.
 - ACK (worker -> proxy): payload is one status byte for the RECORDS frame with the same id.
-- STATUS (worker -> proxy): payload is one byte, 1 when the worker and its sink take work.
+- STATUS (worker -> proxy): one byte, 1 when the worker and its sink take work, then `u32` the
+  largest record the sink can store (0 = no limit). Sent every 0.5 s: it is also the heartbeat.
 
 The proxy pipelines many RECORDS frames on one connection; the worker acknowledges each frame once
 its records are durable (or refuses it with a status), in any order.
@@ -33,6 +34,7 @@ class AckStatus(IntEnum):
     UNAVAILABLE = 1  # sink down or worker draining: retry later
     FULL = 2  # buffer limit reached: retry later
     ERROR = 3  # the worker failed on this frame
+    TOO_LARGE = 4  # a record exceeds what the sink can store (e.g. Kinesis' 1 MiB): the proxy answers 413
 
 
 class ProtocolError(Exception):
@@ -72,8 +74,16 @@ def encode_ack(frame_id: int, status: AckStatus) -> bytes:
     return HEADER.pack(Kind.ACK, frame_id, 1) + bytes((status,))
 
 
-def encode_status(ready: bool) -> bytes:
-    return HEADER.pack(Kind.STATUS, 0, 1) + (b"\x01" if ready else b"\x00")
+def encode_status(ready: bool, max_record_bytes: int = 0) -> bytes:
+    """Readiness, and the largest record the sink stores (0 = no limit) so the proxy can answer
+    413 for one oversized request instead of the worker refusing a whole frame."""
+    return HEADER.pack(Kind.STATUS, 0, 5) + (b"\x01" if ready else b"\x00") + ITEM.pack(max_record_bytes)
+
+
+def decode_status(payload: bytes) -> tuple[bool, int]:
+    ready = payload[:1] == b"\x01"
+    max_record_bytes = ITEM.unpack_from(payload, 1)[0] if len(payload) >= 5 else 0
+    return ready, max_record_bytes
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, int, bytes]:

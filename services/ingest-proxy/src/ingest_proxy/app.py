@@ -212,6 +212,9 @@ class CollectHandler:
             fake_ip=fake_ip,
             arrival=raw_record.Arrival.now(),
         )
+        limit = self.client.max_record_bytes
+        if limit and len(line) > limit:
+            return self._reject(Rejection(413, "too_large_for_sink", "record too large for the sink"), cors, rid)
         if not self.client.available():  # the body took a while: check again before queueing
             return self._reject(Rejection(503, self.client.unavailable_reason(), "retry later"), cors, rid)
         durable = self.client.submit(line)
@@ -220,6 +223,8 @@ class CollectHandler:
         else:
             outcome = Outcome.DURABLE if await self.client.sent() else Outcome.LOST
         if outcome is not Outcome.DURABLE:
+            if outcome is Outcome.TOO_LARGE:
+                return self._reject(Rejection(413, "too_large_for_sink", "record too large for the sink"), cors, rid)
             return self._reject(Rejection(503, OUTCOME_REASONS[outcome], "retry later"), cors, rid)
         self.tally.accepted += 1
         response = web.Response(status=200, headers={"X-Request-ID": rid})

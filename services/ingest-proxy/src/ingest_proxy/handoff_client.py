@@ -15,6 +15,7 @@ from clickstream_core.handoff import (
     AckStatus,
     Kind,
     ProtocolError,
+    decode_status,
     encode_records,
     open_connection,
     read_frame,
@@ -28,6 +29,7 @@ class Outcome(IntEnum):
     UNAVAILABLE = AckStatus.UNAVAILABLE
     FULL = AckStatus.FULL
     ERROR = AckStatus.ERROR
+    TOO_LARGE = AckStatus.TOO_LARGE
     TIMEOUT = 100  # no ack within the deadline
     LOST = 101  # the connection broke before the ack
 
@@ -54,6 +56,7 @@ class HandoffClient:
         self.max_buffered_bytes = max_buffered_bytes
         self._worker_ready = False
         self._last_status = 0.0
+        self.max_record_bytes = 0  # announced by the worker for its sink; 0 = no limit
         self.inflight = 0
         self._writer: asyncio.StreamWriter | None = None
         self._pending: list[tuple[bytes, asyncio.Future]] = []
@@ -131,7 +134,7 @@ class HandoffClient:
                 timer.cancel()
                 self._settle(futures, Outcome(payload[0]) if payload else Outcome.ERROR)
             elif kind is Kind.STATUS:
-                self._worker_ready = payload[:1] == b"\x01"
+                self._worker_ready, self.max_record_bytes = decode_status(payload)
                 self._last_status = self._loop.time()
             else:
                 raise ProtocolError(f"unexpected frame kind {kind.name} from the worker")

@@ -58,7 +58,7 @@ class HandoffServer:
         while True:
             ready, _ = self.ready()
             READY.set(1 if ready else 0)
-            frame = encode_status(ready)
+            frame = encode_status(ready, self.sink.max_record_bytes)
             for writer in list(self._writers):
                 writer.write(frame)
             await asyncio.sleep(STATUS_INTERVAL_S)
@@ -66,7 +66,7 @@ class HandoffServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         CONNECTIONS.inc()
         self._writers.add(writer)
-        writer.write(encode_status(self.ready()[0]))
+        writer.write(encode_status(self.ready()[0], self.sink.max_record_bytes))
         sink = self.sink
         frames_accepted = FRAMES.labels("accepted")
         records_accepted = RECORDS.labels("accepted")
@@ -82,9 +82,10 @@ class HandoffServer:
             acks.clear()
 
         def acknowledge(frame_id: int, future: asyncio.Future) -> None:
-            if future.cancelled() or future.exception() is not None:
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or error is not None:
                 FRAMES.labels("error").inc()
-                status = AckStatus.ERROR
+                status = error.status if isinstance(error, SinkRefused) else AckStatus.ERROR
             else:
                 if trace is not None:
                     trace(future.result(), frame_id)
@@ -128,7 +129,7 @@ class HandoffServer:
     async def stop_accepting(self) -> None:
         """Refuse new frames (proxies answer 503) and tell every proxy at once."""
         self.draining = True
-        frame = encode_status(False)
+        frame = encode_status(False, self.sink.max_record_bytes)
         for writer in list(self._writers):
             writer.write(frame)
         if self._server is not None:

@@ -2,6 +2,8 @@
 
 SINKS = {
     "s3": "ingest_worker.sinks.s3:S3Sink",
+    "kafka": "ingest_worker.sinks.kafka:KafkaSink",
+    "kinesis": "ingest_worker.sinks.kinesis:KinesisSink",
 }
 
 

@@ -41,6 +41,7 @@ class SinkContext:
 class Sink(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
+    max_record_bytes: int = 0  # the largest encoded raw record the destination stores; 0 = no limit
 
     @classmethod
     @abstractmethod
