@@ -17,6 +17,7 @@ from ingest_worker.sinks.kinesis import KinesisSinkConfig
 from ingest_worker.sinks.s3 import S3SinkConfig
 from kinesis_s3_sink.config import SinkConfig
 from kinesis_s3_sink.sources.kafka import KafkaSourceConfig
+from kinesis_s3_sink.sources.kinesis import KinesisSourceConfig
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -41,6 +42,7 @@ SECTIONS = [
     ("ingest-worker, Kafka sink (`SINK=kafka`)", KafkaSinkConfig),
     ("ingest-worker, Kinesis sink (`SINK=kinesis`)", KinesisSinkConfig),
     ("kinesis-s3-sink", SinkConfig),
+    ("kinesis-s3-sink, Kinesis source (`SOURCE=kinesis`)", KinesisSourceConfig),
     ("kinesis-s3-sink, Kafka source (`SOURCE=kafka`)", KafkaSourceConfig),
 ]
 

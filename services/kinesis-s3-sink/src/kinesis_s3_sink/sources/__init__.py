@@ -2,6 +2,7 @@
 
 SOURCES = {
     "kafka": "kinesis_s3_sink.sources.kafka:KafkaSource",
+    "kinesis": "kinesis_s3_sink.sources.kinesis:KinesisSource",
 }
 
 
