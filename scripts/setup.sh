@@ -4,6 +4,7 @@
 #   scripts/setup.sh          Python workspace only (enough for make up / make demo)
 #   scripts/setup.sh test     + Chromium and the browser test bundle
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
+#   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,10 +34,14 @@ case "$want" in
   test)
     apt_install chromium
     bash tests/browser/setup.sh
+    bash tools/emulators/setup.sh
+    ;;
+  emulators)
+    bash tools/emulators/setup.sh
     ;;
   bench)
     apt_install nginx-light wrk
     ;;
   run) ;;
-  *) echo "usage: scripts/setup.sh [run|test|bench]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [run|test|bench|emulators]" >&2; exit 2 ;;
 esac
