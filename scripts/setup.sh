@@ -5,6 +5,7 @@
 #   scripts/setup.sh test     + Chromium and the browser test bundle
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
 #   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
+#   scripts/setup.sh kafka    + Java 17, Maven and the Apache Kafka jars (cached outside the repo); test does it too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,12 @@ case "$want" in
     apt_install chromium
     bash tests/browser/setup.sh
     bash tools/emulators/setup.sh
+    apt_install openjdk-17-jre-headless maven
+    uv run python -m scripts.kafka fetch >/dev/null
+    ;;
+  kafka)
+    apt_install openjdk-17-jre-headless maven
+    uv run python -m scripts.kafka fetch >/dev/null
     ;;
   emulators)
     bash tools/emulators/setup.sh
@@ -43,5 +50,5 @@ case "$want" in
     apt_install nginx-light wrk
     ;;
   run) ;;
-  *) echo "usage: scripts/setup.sh [run|test|bench|emulators]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [run|test|bench|kafka|emulators]" >&2; exit 2 ;;
 esac
