@@ -9,7 +9,8 @@ export PORT DATA_DIR
 
 help:
 	@echo "make demo       start the local stack and send it realistic SDK traffic"
-	@echo "make up         run the local stack in the foreground (Ctrl-C drains and stops)"
+	@echo "make up         run the local stack in the foreground (Ctrl-C drains and stops);"
+	@echo "                SINK=kafka or SINK=kinesis buffers through a real Kafka broker or the Kinesis emulator"
 	@echo "make test       every test, with the real components (Chromium, S3 API server)"
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
@@ -20,8 +21,13 @@ setup:
 setup-test:
 	@bash scripts/setup.sh test
 
+SINK ?= s3
+export SINK
+
 up: setup
-	uv run python -m scripts.stack up --port $(PORT) --data-dir $(DATA_DIR)
+	@if [ "$(SINK)" = kafka ]; then bash scripts/setup.sh kafka; fi
+	@if [ "$(SINK)" = kinesis ]; then bash scripts/setup.sh emulators; fi
+	uv run python -m scripts.stack up --port $(PORT) --data-dir $(DATA_DIR) --sink $(SINK)
 
 demo: setup
 	uv run python -m scripts.demo --port $(PORT) --data-dir $(DATA_DIR)

@@ -86,8 +86,18 @@ class LocalStack:
     proxy_env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # The buffer: "s3" (the worker writes objects itself), or "kafka"/"kinesis", where the worker
+    # produces to the stream and kinesis-s3-sink lands it in the same lake.
+    sink: str = "s3"
+    kafka_bootstrap: str = ""
+    topic: str = "clickstream-raw"
+    stream: str = "clickstream-raw"
+    stream_env: dict[str, str] = field(default_factory=dict)  # AWS_* endpoints of the Kinesis/DynamoDB emulators
+    lander_http_port: int = 8687
+    lander_env: dict[str, str] = field(default_factory=dict)
     worker: subprocess.Popen | None = None
     proxy: subprocess.Popen | None = None
+    lander: subprocess.Popen | None = None
 
     @classmethod
     def isolated(cls, data_dir: Path, **overrides) -> LocalStack:
@@ -95,6 +105,7 @@ class LocalStack:
         settings = {
             "port": free_port(),
             "worker_http_port": free_port(),
+            "lander_http_port": free_port(),
             "processes": 2,
             "roll_seconds": 1.0,
             "log_dir": Path(data_dir) / "logs",
@@ -129,12 +140,16 @@ class LocalStack:
         env.update(self.env)
         return env
 
+    @property
+    def lander_url(self) -> str:
+        return f"http://127.0.0.1:{self.lander_http_port}"
+
     def worker_environment(self) -> dict[str, str]:
         env = self.common_env()
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(
             {
-                "SINK": "s3",
+                "SINK": self.sink,
                 "SINK_S3_URI": self.sink_uri or self.lake.as_uri(),
                 "SINK_S3_MAX_AGE_S": str(self.roll_seconds),
                 "WAL_DIR": str(self.data_dir / "wal"),
@@ -142,8 +157,49 @@ class LocalStack:
                 "WORKER_HTTP_HOST": "127.0.0.1",
             }
         )
+        if self.sink == "kafka":
+            env.update({"SINK_KAFKA_BROKERS": self.kafka_bootstrap, "SINK_KAFKA_TOPIC": self.topic})
+        elif self.sink == "kinesis":
+            env.update({"SINK_KINESIS_STREAM": self.stream, **self.stream_env})
         env.update(self.worker_env)
         return env
+
+    def lander_environment(self) -> dict[str, str]:
+        env = self.common_env()
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update(
+            {
+                "SOURCE": self.sink,
+                "SINK_S3_URI": self.sink_uri or self.lake.as_uri(),
+                "BATCH_MAX_AGE_S": str(self.roll_seconds),
+                "SINK_HTTP_PORT": str(self.lander_http_port),
+            }
+        )
+        if self.sink == "kafka":
+            env.update({"SOURCE_KAFKA_BROKERS": self.kafka_bootstrap, "SOURCE_KAFKA_TOPIC": self.topic})
+        elif self.sink == "kinesis":
+            env.update(
+                {
+                    "SOURCE_KINESIS_STREAM": self.stream,
+                    "SOURCE_KINESIS_DISCOVERY_INTERVAL_S": "2",
+                    "SOURCE_KINESIS_POLL_INTERVAL_S": "0.2",
+                    **self.stream_env,
+                }
+            )
+        env.update(self.lander_env)
+        return env
+
+    def start_lander(self, wait: bool = True) -> None:
+        self.lander = subprocess.Popen(
+            [str(BIN / "kinesis-s3-sink")], env=self.lander_environment(), stderr=self._log("kinesis-s3-sink")
+        )
+        if wait:
+            _wait_http(self.lander_url + "/ready", 60, proc=self.lander)
+
+    def kill_lander(self) -> None:
+        if self.lander is not None and self.lander.poll() is None:
+            self.lander.kill()
+            self.lander.wait()
 
     def proxy_environment(self) -> dict[str, str]:
         env = self.common_env()
@@ -175,6 +231,8 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.start_worker()
+        if self.sink != "s3":
+            self.start_lander()
         self.start_proxy()
         return self
 
@@ -192,6 +250,7 @@ class LocalStack:
     def stop(self, timeout_s: float = 40) -> None:
         self._terminate(self.proxy, timeout_s)
         self._terminate(self.worker, timeout_s)
+        self._terminate(self.lander, timeout_s)
 
     def kill_worker(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
@@ -205,6 +264,34 @@ class LocalStack:
         self.stop()
 
 
+def start_buffer(sink: str, data_dir: Path, stack: LocalStack) -> object | None:
+    """The stream between worker and lake for SINK=kafka|kinesis: a real broker, or the emulators."""
+    if sink == "kafka":
+        from scripts.kafka import KafkaBroker
+
+        broker = KafkaBroker(
+            data_dir=data_dir / "kafka", port=int(os.environ.get("KAFKA_PORT", "9092")), log_dir=data_dir / "logs"
+        ).start()
+        if stack.topic not in broker.topics():
+            broker.create_topic(stack.topic, partitions=2)
+        stack.kafka_bootstrap = broker.bootstrap
+        return broker
+    if sink == "kinesis":
+        from scripts.kinesis import Emulators
+
+        emulators = Emulators(
+            kinesis_port=int(os.environ.get("KINESIS_PORT", "4567")),
+            dynamodb_port=int(os.environ.get("DYNAMODB_PORT", "4568")),
+            data_dir=data_dir / "emulators",
+            log_path=data_dir / "logs" / "emulators.log",
+        ).start()
+        if stack.stream not in emulators.kinesis.list_streams()["StreamNames"]:
+            emulators.create_stream(stack.stream, 2)
+        stack.stream_env = emulators.env()
+        return emulators
+    return None
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     stack = LocalStack(
@@ -213,6 +300,9 @@ def up(args: argparse.Namespace) -> int:
         worker_http_port=args.worker_port,
         processes=args.processes,
         roll_seconds=args.roll_seconds,
+        sink=args.sink,
+        lander_http_port=args.lander_port,
+        log_dir=data_dir / "logs",
     )
     stopping = False
 
@@ -222,29 +312,42 @@ def up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    buffer = None
     try:
+        buffer = start_buffer(args.sink, data_dir, stack)
         stack.start()
     except (RuntimeError, TimeoutError):
         stack.stop()
+        if buffer is not None:
+            buffer.stop()
         if stopping:  # Ctrl-C while starting: the children got it too
             return 0
         raise
+    via = {
+        "s3": "the worker's S3 sink",
+        "kafka": f"Kafka {stack.kafka_bootstrap} topic {stack.topic} and kinesis-s3-sink",
+        "kinesis": f"Kinesis stream {stack.stream} (emulator) and kinesis-s3-sink",
+    }[args.sink]
     print(
         f"clickstream local stack is up\n"
         f"  collect:  POST {stack.url}/collect?appId=<your app>&platform=Web\n"
         f"  proxy:    {stack.url}/ready  {stack.url}/metrics\n"
         f"  worker:   {stack.worker_url}/ready  {stack.worker_url}/metrics\n"
-        f"  raw data: {stack.lake}/clickstream/default/data/buffer/ (objects every {args.roll_seconds:g} s)\n"
+        f"  raw data: {stack.lake}/clickstream/default/data/buffer/\n"
+        f"            objects every {args.roll_seconds:g} s, via {via}\n"
+        f"  logs:     {data_dir / 'logs'}\n"
         f"Ctrl-C drains and stops.",
         flush=True,
     )
     while not stopping:
         time.sleep(0.2)
-        for name, proc in (("worker", stack.worker), ("proxy", stack.proxy)):
+        for name, proc in (("worker", stack.worker), ("proxy", stack.proxy), ("kinesis-s3-sink", stack.lander)):
             if proc is not None and proc.poll() is not None:
                 print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
                 stopping = True
     stack.stop()
+    if buffer is not None:
+        buffer.stop()
     return 0
 
 
@@ -254,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     up_parser = sub.add_parser("up", help="run the local stack in the foreground")
     up_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     up_parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
+    up_parser.add_argument("--lander-port", type=int, default=int(os.environ.get("SINK_HTTP_PORT", "8687")))
+    up_parser.add_argument("--sink", choices=("s3", "kafka", "kinesis"), default=os.environ.get("SINK", "s3") or "s3")
     up_parser.add_argument("--worker-port", type=int, default=int(os.environ.get("WORKER_HTTP_PORT", "8686")))
     up_parser.add_argument("--processes", type=int, default=int(os.environ.get("PROXY_PROCESSES", "0") or 0))
     up_parser.add_argument("--roll-seconds", type=float, default=float(os.environ.get("SINK_S3_MAX_AGE_S", "10")))
