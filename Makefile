@@ -5,7 +5,7 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 export PORT DATA_DIR
 
-.PHONY: help setup setup-test up demo test test-fast lint fmt bench clean
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream clean
 
 help:
 	@echo "make demo       start the local stack and send it realistic SDK traffic"
@@ -14,6 +14,7 @@ help:
 	@echo "make test       every test, with the real components (Chromium, S3 API server)"
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
+	@echo "make bench-stream  worker -> Kafka/Kinesis against their own ceilings, kinesis-s3-sink records/s"
 
 setup:
 	@bash scripts/setup.sh run
@@ -51,6 +52,12 @@ fmt: setup
 bench: setup
 	@bash scripts/setup.sh bench
 	uv run python -m scripts.bench_http
+
+bench-stream: setup
+	@bash scripts/setup.sh bench
+	@bash scripts/setup.sh kafka
+	@bash scripts/setup.sh emulators
+	uv run python -m scripts.bench_stream
 
 clean:
 	rm -rf $(DATA_DIR) .pytest_cache .ruff_cache
