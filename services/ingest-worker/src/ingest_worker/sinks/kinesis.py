@@ -32,7 +32,7 @@ log = logging.getLogger("ingest_worker.sinks.kinesis")
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_BYTES_PER_RECORD = 1024 * 1024  # data plus partition key
-PARTITION_KEY_BYTES = 32
+PARTITION_KEY_BYTES = 32  # UTF-8 bytes; every key is cut to this, so records up to the limit below always fit
 
 PUT_CALLS = Counter("worker_kinesis_put_calls", "PutRecords calls, by outcome", ["outcome"])
 PUT_RECORDS = Counter("worker_kinesis_records", "Kinesis record puts, by outcome", ["outcome"])
@@ -96,6 +96,7 @@ class KinesisSink(Sink):
         self.pending_bytes = 0
         self._queue: deque[_Entry] = deque()
         self._inflight = 0
+        self._backing_off = 0  # failed batches waiting out their backoff before going back in the queue
         self._wake = asyncio.Event()
         self._client = None
         self._stack: AsyncExitStack | None = None
@@ -155,9 +156,11 @@ class KinesisSink(Sink):
         mode = self.config.partition_key
         if mode != "random":
             value = orjson.loads(record).get(mode)
-            if value:
-                return str(value)[:PARTITION_KEY_BYTES]
-        return os.urandom(16).hex()
+            # Kinesis counts the key's UTF-8 bytes: cut there, not at 32 characters (whole characters only).
+            key = str(value or "").encode()[:PARTITION_KEY_BYTES].decode(errors="ignore")
+            if key:
+                return key
+        return os.urandom(PARTITION_KEY_BYTES // 2).hex()
 
     def submit(self, records: list[bytes]):
         if self._client is None or self._stopping:
@@ -183,7 +186,7 @@ class KinesisSink(Sink):
         size = 0
         while self._queue and len(batch) < MAX_RECORDS_PER_CALL:
             entry = self._queue[0]
-            entry_size = len(entry.data) + len(entry.key)
+            entry_size = len(entry.data) + PARTITION_KEY_BYTES  # a key's bytes, at most
             if batch and size + entry_size > MAX_BYTES_PER_CALL:
                 break
             batch.append(self._queue.popleft())
@@ -259,13 +262,17 @@ class KinesisSink(Sink):
                 keep.append(entry)
         if keep:
             attempts = max(entry.attempts for entry in keep)
-            await asyncio.sleep(min(2.0, 0.05 * 2**attempts) * (0.5 + random.random()))
-            self._queue.extendleft(reversed(keep))
+            self._backing_off += 1  # neither queued nor in flight meanwhile: stop() must wait for them
+            try:
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempts) * (0.5 + random.random()))
+            finally:
+                self._queue.extendleft(reversed(keep))
+                self._backing_off -= 1
 
     async def stop(self, deadline_s: float) -> None:
         self._stopping = True
         end = time.monotonic() + deadline_s
-        while (self._queue or self._inflight) and time.monotonic() < end:
+        while (self._queue or self._inflight or self._backing_off) and time.monotonic() < end:
             self._wake.set()
             await asyncio.sleep(0.05)
         for task in self._background:

@@ -6,6 +6,11 @@ moment a renewal or a checkpoint write fails its condition (another instance too
 write is conditioned on the owner and the lease counter, so a paused, zombie instance cannot
 move a checkpoint it no longer owns.
 
+The fair share counts every live instance, including one that holds no lease yet: each instance
+keeps a presence item (`worker#{owner}`) in the table alive. An instance over its share hands the
+extra shards back the graceful way (lands its batch, then releases the lease), and the newcomer
+takes them; leases are never stolen from a live owner, so no object is written by two instances.
+
 Shards are processed parent before child: a shard created by resharding starts only once all its
 parents are read to their end (checkpoint SHARD_END), so records of one partition key stay in
 order across a reshard. New shards start at TRIM_HORIZON, so nothing written before the first
@@ -35,6 +40,7 @@ from .base import Source
 log = logging.getLogger("kinesis_s3_sink.kinesis")
 
 SHARD_END = "SHARD_END"
+PRESENCE_PREFIX = "worker#"  # items that announce an instance, beside the shards' lease items
 OWNED = Gauge("sink_kinesis_owned_shards", "Shards this instance holds a lease on")
 BEHIND = Gauge("sink_kinesis_millis_behind_latest", "MillisBehindLatest of the last read, per shard", ["shard"])
 LEASES = Counter("sink_kinesis_lease_events", "Lease events, by kind", ["event"])
@@ -188,6 +194,29 @@ class LeaseTable(CheckpointStore):
     async def renew(self, shard: str) -> None:
         await self._owned_update(shard, "SET expires_at = :exp", {":exp": _n(time.time() + self.duration_s)})
 
+    async def announce(self) -> dict:
+        """Keep this instance's presence item alive, so that the others count it in the fair share."""
+        item = {
+            "shard_id": _s(PRESENCE_PREFIX + self.owner),
+            "owner": _s(self.owner),
+            "expires_at": _n(time.time() + self.duration_s),
+        }
+        await self.client.put_item(TableName=self.table, Item=item)
+        return item
+
+    async def forget(self, item: dict) -> None:
+        """Delete a presence item, unless it was refreshed since it was read."""
+        try:
+            await self.client.delete_item(
+                TableName=self.table,
+                Key={"shard_id": item["shard_id"]},
+                ConditionExpression="expires_at = :seen",
+                ExpressionAttributeValues={":seen": item["expires_at"]},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
     async def release(self, shard: str) -> None:
         await self._owned_update(shard, "SET expires_at = :zero REMOVE #o", {":zero": _n(0)})
         self.counters.pop(shard, None)
@@ -236,10 +265,12 @@ class KinesisSource(Source):
         self.lander = None
         self.leases: LeaseTable | None = None
         self.readers: dict[str, asyncio.Task] = {}
+        self.handing_back: set[str] = set()  # shards over our fair share: land, release, stop reading
         self._stop = asyncio.Event()
         self._healthy = False
         self._last_error = "not started"
         self._stack = AsyncExitStack()
+        self._presence: dict | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], lander_factory, limits: Limits) -> KinesisSource:
@@ -284,6 +315,11 @@ class KinesisSource(Source):
             renewer.cancel()
             if self.readers:
                 await asyncio.gather(*self.readers.values(), return_exceptions=True)
+            if self._presence is not None:
+                try:  # gone: the others count without us and take the released shards at once
+                    await self.leases.forget(self._presence)
+                except Exception as exc:
+                    log.warning("could not remove the presence item", extra={"error": repr(exc)})
         finally:
             await self._stack.aclose()
 
@@ -298,6 +334,7 @@ class KinesisSource(Source):
                 return shards
 
     async def _rebalance(self) -> None:
+        self._presence = await self.leases.announce()
         shards = await self._list_shards()
         for shard in shards:
             parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p]
@@ -321,8 +358,23 @@ class KinesisSource(Source):
         owners = {
             item["owner"]["S"] for item in items.values() if "owner" in item and float(item["expires_at"]["N"]) > now
         } | {self.owner}
+        for shard_id, item in items.items():  # instances gone without a word (kill -9) long ago
+            if (
+                shard_id.startswith(PRESENCE_PREFIX)
+                and float(item["expires_at"]["N"]) < now - 10 * self.leases.duration_s
+            ):
+                await self.leases.forget(item)
         target = math.ceil(len(eligible) / len(owners)) if eligible else 0
-        mine = [shard_id for shard_id in self.readers if not self.readers[shard_id].done()]
+        mine = [
+            shard_id for shard_id, task in self.readers.items() if not task.done() and shard_id not in self.handing_back
+        ]
+        # Over our share (another instance joined): hand the extra shards back; their readers land
+        # what they batched and release the leases, which the others then take.
+        for shard_id in sorted(mine)[target:]:
+            self.handing_back.add(shard_id)
+            mine.remove(shard_id)
+            LEASES.labels("handed_back").inc()
+            log.info("handing a lease back for balance", extra={"shard": shard_id, "share": target})
         for shard_id in sorted(eligible):
             if len(mine) >= target or (shard_id in self.readers and not self.readers[shard_id].done()):
                 continue
@@ -341,6 +393,10 @@ class KinesisSource(Source):
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.lease_duration_s / 3)
+            try:
+                self._presence = await self.leases.announce()
+            except Exception as exc:
+                log.warning("presence renewal failed", extra={"error": repr(exc)})
             for shard_id, task in list(self.readers.items()):
                 if task.done():
                     self.readers.pop(shard_id, None)
@@ -367,7 +423,7 @@ class KinesisSource(Source):
             position = await self.lander.resume_position(shard_id)
             iterator = await self._iterator(shard_id, position)
             batch = Batch(shard_id, shard_id)
-            while not self._stop.is_set():
+            while not self._stop.is_set() and shard_id not in self.handing_back:
                 try:
                     answer = await self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)
                 except ClientError as exc:
@@ -397,7 +453,7 @@ class KinesisSource(Source):
                     batch = Batch(shard_id, shard_id)
                 if not records:
                     await asyncio.sleep(self.config.poll_interval_s)
-            await self.lander.land(batch)  # draining: land what is batched, then let the lease go
+            await self.lander.land(batch)  # draining or handing back: land what is batched, then let the lease go
             await self.leases.release(shard_id)
         except LeaseLost:
             log.warning("lease lost while reading; the new owner reads from the checkpoint", extra={"shard": shard_id})
@@ -406,6 +462,8 @@ class KinesisSource(Source):
         except Exception as exc:
             self._last_error = f"shard {shard_id}: {exc!r}"
             log.exception("shard reader failed; the lease will be retaken", extra={"shard": shard_id})
+        finally:
+            self.handing_back.discard(shard_id)
 
     def stop(self) -> None:
         self._stop.set()
