@@ -2,15 +2,21 @@
 batch's intent travels in the commit's metadata (so a self-hosted Kafka needs nothing else, no
 Kafka Connect and no extra store).
 
-Several instances share the topic's partitions through the group. On a rebalance, a revoked
-partition's in-flight landing finishes before the partition is released, and its unlanded batch is
-dropped: the next owner reads those records again from the committed offset.
+Several instances share the topic's partitions through the group. On a rebalance, no new landing
+starts on a revoked partition, one in flight finishes before the partition is released, and the
+unlanded batch is dropped: the next owner reads those records again from the committed offset.
+
+A landing that fails (object store or Kafka unavailable, membership lost) costs no data and does not
+stop the sink: the checkpoint has not moved past the batch, so the partition is settled again the
+way a new owner would settle it (its intent tells whether the object was written) and the records
+after the checkpoint are read again; until then the sink reports not ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +35,7 @@ log = logging.getLogger("kinesis_s3_sink.kafka")
 
 LAG = Gauge("sink_kafka_lag_records", "Records between the committed position and the partition end", ["partition"])
 OFFSET_WIDTH = 20  # positions are zero-padded so object names sort by offset
+RETRY_S = 1.0  # pause before settling a partition again after a failed landing
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,21 @@ class KafkaSource(Source):
     def __init__(self, config: KafkaSourceConfig, lander_factory, limits: Limits):
         self.config = config
         self.limits = limits
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = self._new_consumer()
+        self._offsets = CommittedOffsets(self.consumer, config.topic)
+        self.lander = lander_factory(self._offsets)
+        self.batches: dict[int, Batch] = {}
+        self._landing: dict[int, asyncio.Task] = {}
+        self._unsettled: set[int] = set()  # owned partitions to settle again (after a failed landing)
+        self._retry_at = 0.0
+        self._generation = 0  # bumped by every rebalance, which repositions every owned partition
+        self._stop = asyncio.Event()
+        self._healthy = False
+        self._last_error = "not started"
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        config = self.config
+        return AIOKafkaConsumer(
             bootstrap_servers=config.brokers,
             group_id=config.group,
             client_id="clickstream-kinesis-s3-sink",
@@ -106,12 +127,6 @@ class KafkaSource(Source):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
-        self.lander = lander_factory(CommittedOffsets(self.consumer, config.topic))
-        self.batches: dict[int, Batch] = {}
-        self._landing: dict[int, asyncio.Task] = {}
-        self._stop = asyncio.Event()
-        self._healthy = False
-        self._last_error = "not started"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], lander_factory, limits: Limits) -> KafkaSource:
@@ -121,23 +136,45 @@ class KafkaSource(Source):
         return Batch(str(partition), f"{self.config.topic}-{partition}")
 
     async def acquire(self, partitions: list[int]) -> None:
-        for partition in partitions:
-            position = await self.lander.resume_position(str(partition))
-            tp = TopicPartition(self.config.topic, partition)
-            if position is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, int(position) + 1)
-            self.batches[partition] = self._new_batch(partition)
+        self._generation += 1
+        await self._settle(partitions)
         log.info("partitions assigned", extra={"partitions": partitions})
 
+    async def _settle(self, partitions) -> None:
+        """Position each partition after its checkpoint (settling a left-over intent) with a fresh batch."""
+        for partition in partitions:
+            self.batches.pop(partition, None)
+            try:
+                position = await self.lander.resume_position(str(partition))
+                tp = TopicPartition(self.config.topic, partition)
+                if position is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, int(position) + 1)
+            except Exception as exc:
+                self._failed(partition, "cannot settle the partition", exc)
+                continue
+            self._unsettled.discard(partition)
+            self.batches[partition] = self._new_batch(partition)
+
+    def _failed(self, partition: int, what: str, exc: Exception) -> None:
+        # Nothing is lost: the checkpoint is still before the records of the dropped batch.
+        self.batches.pop(partition, None)
+        self._unsettled.add(partition)
+        self._retry_at = time.monotonic() + RETRY_S
+        self._last_error = f"{what}: {exc!r}"
+        log.warning(f"{what}; reading again from the checkpoint", extra={"partition": partition, "error": repr(exc)})
+
     async def release(self, partitions: list[int]) -> None:
-        # Finish a landing in progress while we still own the partition; drop the rest.
+        # Nothing new starts on a revoked partition (its commit would come after the partition went to
+        # another member); a landing in progress finishes while we still own it; the rest is dropped.
+        self._generation += 1
+        for partition in partitions:
+            self.batches.pop(partition, None)
+            self._unsettled.discard(partition)
         pending = [self._landing[p] for p in partitions if p in self._landing]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        for partition in partitions:
-            self.batches.pop(partition, None)
         log.info("partitions revoked", extra={"partitions": partitions})
 
     async def _land(self, partition: int) -> None:
@@ -149,8 +186,15 @@ class KafkaSource(Source):
         self._landing[partition] = task
         try:
             await task
+        except Exception as exc:
+            self._failed(partition, "landing failed", exc)
         finally:
             self._landing.pop(partition, None)
+
+    async def _settle_again(self) -> None:
+        owned = {tp.partition for tp in self.consumer.assignment()}
+        self._unsettled &= owned  # a partition that went elsewhere is settled by its new owner
+        await self._settle(sorted(self._unsettled))
 
     async def run(self) -> None:
         topic = self.config.topic
@@ -163,10 +207,14 @@ class KafkaSource(Source):
                 self._last_error = f"cannot reach Kafka: {exc!r}"
                 log.warning("kafka unreachable; retrying", extra={"error": repr(exc)})
                 await self.consumer.stop()
+                # a stopped consumer cannot start again
+                self.consumer = self._offsets.consumer = self._new_consumer()
                 await asyncio.sleep(1)
         self._healthy = True
         try:
             while not self._stop.is_set():
+                if self._unsettled and time.monotonic() >= self._retry_at:
+                    await self._settle_again()
                 try:
                     fetched = await self.consumer.getmany(timeout_ms=200, max_records=10_000)
                 except KafkaError as exc:
@@ -174,7 +222,12 @@ class KafkaSource(Source):
                     await asyncio.sleep(0.5)
                     continue
                 self._healthy = True
+                generation = self._generation
                 for tp, messages in fetched.items():
+                    if self._generation != generation:
+                        # A rebalance while a batch was landing repositioned every partition at its
+                        # checkpoint: the rest of these records come again.
+                        break
                     batch = self.batches.get(tp.partition)
                     if batch is None:
                         continue
@@ -199,4 +252,4 @@ class KafkaSource(Source):
         self._stop.set()
 
     def health(self) -> tuple[bool, str]:
-        return (True, "ok") if self._healthy else (False, self._last_error)
+        return (True, "ok") if self._healthy and not self._unsettled else (False, self._last_error)
