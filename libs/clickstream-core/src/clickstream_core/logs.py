@@ -35,9 +35,39 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class RateLimit(logging.Filter):
+    """At most `per_second` records per (logger, message template) each second; the rest are
+    counted and the count is reported on the next record that passes. Client libraries retrying
+    a dead peer in a tight loop (aiokafka logs thousands of lines a second) cannot flood the logs."""
+
+    def __init__(self, per_second: int = 5):
+        super().__init__()
+        self.per_second = per_second
+        self._window = 0
+        self._seen: dict[tuple[str, object], int] = {}
+        self._dropped: dict[tuple[str, object], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = int(record.created)
+        if now != self._window:
+            self._window = now
+            self._seen.clear()
+        key = (record.name, record.msg)
+        seen = self._seen.get(key, 0) + 1
+        self._seen[key] = seen
+        if seen > self.per_second:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return False
+        dropped = self._dropped.pop(key, 0)
+        if dropped:
+            record.suppressed_repeats = dropped
+        return True
+
+
 def setup(service: str, level: str | None = None) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
