@@ -31,8 +31,9 @@ from scripts.bench_http import run_wrk
 from scripts.stack import LocalStack, metric_value
 
 
-def record_size(body: str, target: str) -> int:
-    line = raw_record.build_line(
+def raw_line(body: str, target: str) -> bytes:
+    """The raw record the worker would produce for this request (without the newline)."""
+    return raw_record.build_line(
         body=body,
         ip="203.0.113.9",
         rid="0" * 32,
@@ -45,8 +46,7 @@ def record_size(body: str, target: str) -> int:
         upload_timestamp="1",
         fake_ip=None,
         arrival=raw_record.Arrival.now(),
-    )
-    return len(line) - 1
+    )[:-1]
 
 
 def landed(stack: LocalStack) -> float:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     target = sdkgen.collect_target("shop", body, 1, gzip_base64=True)
     body_file = work / "gzip.body"
     body_file.write_text(body)
-    size = record_size(body, target)
+    size = len(raw_line(body, target))
     lines = []
 
     # 1. Kafka
@@ -159,25 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             run_wrk(stack.url, target, body_file, 2, 64)
             ours = run_wrk(stack.url, target, body_file, args.seconds, 64)
             emulators.create_stream("backlog", 2)
-            fill_kinesis(
-                emulators,
-                "backlog",
-                raw_record.build_line(
-                    body=body,
-                    ip="203.0.113.9",
-                    rid="1" * 32,
-                    ua="bench",
-                    uri=target,
-                    path="/collect",
-                    platform="Android",
-                    app_id="shop",
-                    compression="gzip",
-                    upload_timestamp="1",
-                    fake_ip=None,
-                    arrival=raw_record.Arrival.now(),
-                )[:-1],
-                args.backlog,
-            )
+            fill_kinesis(emulators, "backlog", raw_line(body, target), args.backlog)
             stack.stream = "backlog"
             rate, took = measure_landing(stack, args.backlog)
         finally:

@@ -26,3 +26,31 @@ def render() -> tuple[bytes, str]:
 def mark_process_dead(pid: int) -> None:
     if multiprocess_dir():
         _multiprocess.mark_process_dead(pid)
+
+
+def service_app(ready):
+    """/health, /ready and /metrics of a service, as an aiohttp application.
+
+    `ready()` returns (ready, reason); /ready answers 503 with the reason when not ready."""
+    import time
+
+    from aiohttp import web
+
+    started = time.time()
+
+    async def health(_request):
+        return web.json_response({"status": "alive", "uptime_s": round(time.time() - started, 1)})
+
+    async def readiness(_request):
+        ok, reason = ready()
+        return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
+
+    async def exposition(_request):
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", readiness)
+    app.router.add_get("/metrics", exposition)
+    return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiohttp import web
 from clickstream_core import metrics
@@ -143,21 +142,4 @@ class HandoffServer:
 
 
 def http_app(server: HandoffServer) -> web.Application:
-    started = time.time()
-
-    async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "uptime_s": round(time.time() - started, 1)})
-
-    async def ready(_request: web.Request) -> web.Response:
-        is_ready, reason = server.ready()
-        return web.json_response({"ready": is_ready, "reason": reason}, status=200 if is_ready else 503)
-
-    async def metrics_endpoint(_request: web.Request) -> web.Response:
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_endpoint)
-    return app
+    return metrics.service_app(server.ready)

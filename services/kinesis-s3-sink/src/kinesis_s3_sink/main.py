@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import time
 
 import uvloop
 from aiohttp import web
@@ -24,24 +23,7 @@ log = logging.getLogger("kinesis_s3_sink")
 
 
 def http_app(source, state: dict) -> web.Application:
-    started = time.time()
-
-    async def health(_request):
-        return web.json_response({"status": "alive", "uptime_s": round(time.time() - started, 1)})
-
-    async def ready(_request):
-        ok, reason = (False, "draining") if state["draining"] else source.health()
-        return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
-
-    async def metrics_endpoint(_request):
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_endpoint)
-    return app
+    return metrics.service_app(lambda: (False, "draining") if state["draining"] else source.health())
 
 
 async def serve(config: SinkConfig, environ=os.environ) -> None:
