@@ -35,7 +35,6 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -251,104 +250,44 @@ def new_cluster_id() -> str:
             return text
 
 
-# --- a tiny synchronous Kafka protocol client (Metadata v4, ListOffsets v1): is the broker serving, does it lead ---
-
-
-def _string(text: str | None) -> bytes:
-    if text is None:
-        return struct.pack(">h", -1)
-    raw = text.encode()
-    return struct.pack(">h", len(raw)) + raw
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, fmt: str):
-        value = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value[0]
-
-    def string(self) -> str | None:
-        size = self.take(">h")
-        if size < 0:
-            return None
-        value = self.data[self.pos : self.pos + size].decode()
-        self.pos += size
-        return value
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise ConnectionError("broker closed the connection")
-        chunks.extend(chunk)
-    return bytes(chunks)
-
-
-def _request(host: str, port: int, api_key: int, version: int, body: bytes, timeout_s: float) -> _Reader:
-    """One request/response with a v1 request header and a v0 response header (non-flexible versions)."""
-    request = struct.pack(">hhi", api_key, version, 1) + _string("clickstream-probe") + body
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(struct.pack(">i", len(request)) + request)
-        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-        reader = _Reader(_recv_exact(sock, size))
-    reader.take(">i")  # correlation id
-    return reader
+# --- probes through aiokafka, callable from synchronous code (even inside a running event loop) ---
 
 
 def kafka_metadata(host: str, port: int, topics: list[str] | None = None, timeout_s: float = 2.0) -> dict:
-    """One Metadata (v4) request: {'brokers': [ids], 'controller': id, 'topics': {name: {'error', 'leaders'}}}."""
-    body = struct.pack(">i", -1) if topics is None else struct.pack(">i", len(topics)) + b"".join(map(_string, topics))
-    body += b"\x00"  # allow_auto_topic_creation = false
-    reader = _request(host, port, 3, 4, body, timeout_s)
-    reader.take(">i")  # throttle time
-    brokers = []
-    for _ in range(reader.take(">i")):
-        brokers.append(reader.take(">i"))
-        reader.string()
-        reader.take(">i")
-        reader.string()
-    reader.string()  # cluster id
-    controller = reader.take(">i")
-    found = {}
-    for _ in range(reader.take(">i")):
-        error = reader.take(">h")
-        name = reader.string()
-        reader.take(">b")
-        leaders = {}
-        for _ in range(reader.take(">i")):
-            reader.take(">h")
-            index = reader.take(">i")
-            leaders[index] = reader.take(">i")
-            for _ in range(2):  # replicas, isr
-                for _ in range(reader.take(">i")):
-                    reader.take(">i")
-        found[name] = {"error": error, "leaders": leaders}
-    return {"brokers": brokers, "controller": controller, "topics": found}
+    """{'brokers': [ids], 'controller': id, 'topics': [names]} from the cluster, via aiokafka's admin client."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def ask() -> dict:
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+            names = await asyncio.wait_for(admin.list_topics(), timeout_s)
+        finally:
+            await admin.close()
+        brokers = sorted(broker["node_id"] for broker in cluster["brokers"])
+        wanted = [name for name in names if topics is None or name in topics]
+        return {"brokers": brokers, "controller": cluster["controller_id"], "topics": wanted}
+
+    return _run_async(ask)
 
 
-def kafka_list_offsets(host: str, port: int, topic: str, partitions: int, timeout_s: float = 2.0) -> dict[int, tuple]:
-    """One ListOffsets (v1, latest) request: {partition: (error_code, end_offset)}.
+def kafka_end_offsets(host: str, port: int, topic: str, partitions: int, timeout_s: float = 2.0) -> dict[int, int]:
+    """{partition: log-end offset}, asked of each partition's leader (so it also tells that the broker
+    really leads a new partition: Metadata names the leader slightly earlier)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    Served by the partition's leader itself, so it tells when the broker really leads a new partition (Metadata
-    reports the leader slightly earlier, and a produce then gets NOT_LEADER_OR_FOLLOWER).
-    """
-    body = struct.pack(">ii", -1, 1) + _string(topic) + struct.pack(">i", partitions)
-    body += b"".join(struct.pack(">iq", index, -1) for index in range(partitions))
-    reader = _request(host, port, 2, 1, body, timeout_s)
-    answer = {}
-    for _ in range(reader.take(">i")):
-        reader.string()
-        for _ in range(reader.take(">i")):
-            index = reader.take(">i")
-            error = reader.take(">h")
-            reader.take(">q")  # timestamp
-            answer[index] = (error, reader.take(">q"))
-    return answer
+    async def ask() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=f"{host}:{port}", request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(consumer.start(), timeout_s)
+            wanted = [TopicPartition(topic, index) for index in range(partitions)]
+            answer = await asyncio.wait_for(consumer.end_offsets(wanted), timeout_s)
+        finally:
+            await consumer.stop()
+        return {tp.partition: offset for tp, offset in answer.items()}
+
+    return _run_async(ask)
 
 
 def _run_async(factory):
@@ -525,7 +464,7 @@ class KafkaBroker:
                 if self.node_id in meta["brokers"] and meta["controller"] >= 0:
                     return
                 last = meta
-            except (OSError, struct.error) as exc:
+            except Exception as exc:  # not listening yet, or not registered: keep asking
                 last = exc
             time.sleep(0.1)
         raise TimeoutError(f"kafka broker on {self.bootstrap} not ready after {timeout_s}s ({last})")
@@ -592,20 +531,19 @@ class KafkaBroker:
         """Until every partition of `name` answers ListOffsets on this broker (it leads them all)."""
         end = time.monotonic() + timeout_s
         while True:
-            answer = kafka_list_offsets("127.0.0.1", self.port, name, partitions)
-            if len(answer) == partitions and all(error == 0 for error, _ in answer.values()):
-                return
+            try:
+                answer = kafka_end_offsets("127.0.0.1", self.port, name, partitions)
+                if len(answer) == partitions:
+                    return
+            except Exception as exc:  # NotLeaderForPartition and friends while leadership settles
+                answer = exc
             if time.monotonic() > end:
                 raise TimeoutError(f"topic {name} not led after {timeout_s} s ({answer})")
             time.sleep(0.02)
 
     def end_offsets(self, name: str, partitions: int) -> dict[int, int]:
         """The log-end offset of every partition of `name` (a quick count of what the broker holds)."""
-        answer = kafka_list_offsets("127.0.0.1", self.port, name, partitions)
-        failed = {index: error for index, (error, _) in answer.items() if error}
-        if failed:
-            raise RuntimeError(f"ListOffsets on {name} failed: {failed}")
-        return {index: offset for index, (_, offset) in sorted(answer.items())}
+        return dict(sorted(kafka_end_offsets("127.0.0.1", self.port, name, partitions).items()))
 
     def topics(self) -> list[str]:
         return sorted(kafka_metadata("127.0.0.1", self.port)["topics"])
