@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.stack import free_port
+from scripts.stack import free_port, kill, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATORS_DIR = ROOT / "tools" / "emulators"
@@ -205,20 +205,10 @@ class Emulators:
             time.sleep(0.05)
 
     def stop(self, timeout_s: float = 10) -> int | None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return terminate(self.proc, timeout_s)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill(self.proc)
 
     def __enter__(self) -> Emulators:
         return self.start()

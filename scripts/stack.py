@@ -64,6 +64,25 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
     return total
 
 
+def terminate(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
+    """SIGTERM (the services drain on it), then SIGKILL after `timeout_s`; the exit status."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def kill(proc: subprocess.Popen | None) -> None:
+    """SIGKILL, as a crash would."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -197,9 +216,7 @@ class LocalStack:
             _wait_http(self.lander_url + "/ready", 60, proc=self.lander)
 
     def kill_lander(self) -> None:
-        if self.lander is not None and self.lander.poll() is None:
-            self.lander.kill()
-            self.lander.wait()
+        kill(self.lander)
 
     def proxy_environment(self) -> dict[str, str]:
         env = self.common_env()
@@ -236,26 +253,13 @@ class LocalStack:
         self.start_proxy()
         return self
 
-    @staticmethod
-    def _terminate(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-
     def stop(self, timeout_s: float = 40) -> None:
-        self._terminate(self.proxy, timeout_s)
-        self._terminate(self.worker, timeout_s)
-        self._terminate(self.lander, timeout_s)
+        terminate(self.proxy, timeout_s)
+        terminate(self.worker, timeout_s)
+        terminate(self.lander, timeout_s)
 
     def kill_worker(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.kill()
-            self.worker.wait()
+        kill(self.worker)
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -32,7 +32,7 @@ from kinesis_s3_sink.sources.kafka import KafkaSource
 
 from scripts import sdkgen
 from scripts.kafka import KafkaBroker
-from scripts.stack import BIN, LocalStack, _wait_http, free_port
+from scripts.stack import BIN, LocalStack, _wait_http, free_port, terminate
 from tests.support import metric_value, wait_for, wait_for_rids
 
 CONCURRENCY = 256
@@ -815,7 +815,7 @@ def test_two_landers_share_the_partitions(tmp_path, kafka_broker: KafkaBroker, n
     finally:
         stack.stop()
         if second is not None:
-            LocalStack._terminate(second, 30)
+            terminate(second, 30)
 
     print(f"{load.summary()} marks={marks} records={len(landed)}")
     assert marks["inflight"] >= 200, marks
