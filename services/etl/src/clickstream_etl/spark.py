@@ -1,0 +1,95 @@
+"""The one place that builds a SparkSession for the job, the benchmark and the tests.
+
+Local mode is the embedded default; on EMR Serverless or any cluster `spark-submit` has already
+configured the master, so only the settings the job relies on are applied. `s3://` and `s3a://`
+go through Hadoop's S3A connector: its jars (hadoop-aws of pyspark's Hadoop version plus the AWS
+SDK v2 modules it needs) are fetched from Maven Central by `scripts/spark_jars.py` into a cache
+outside the repo; a local S3 API server is reached through `AWS_ENDPOINT_URL_S3`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+JARS_DIR_ENV = "CLICKSTREAM_SPARK_JARS"
+DEFAULT_JARS_DIR = Path.home() / ".cache" / "clickstream" / "spark-jars"
+
+
+def s3a_jars(jars_dir: Path | None = None) -> list[str]:
+    folder = Path(os.environ.get(JARS_DIR_ENV) or jars_dir or DEFAULT_JARS_DIR)
+    return sorted(str(p) for p in folder.glob("*.jar")) if folder.is_dir() else []
+
+
+def _s3a_settings() -> dict[str, str]:
+    prefix = "spark.hadoop.fs.s3a."
+    settings = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        prefix + "aws.credentials.provider": (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider,"
+            "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+        ),
+        # The job's output is committed by renames of its own (see output.py), so the classic
+        # committer's temporary files never reach the final layout.
+        prefix + "fast.upload": "true",
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        settings[prefix + "endpoint"] = endpoint
+        settings[prefix + "path.style.access"] = "true"
+        settings[prefix + "connection.ssl.enabled"] = str(endpoint.startswith("https")).lower()
+        settings[prefix + "endpoint.region"] = os.environ.get("AWS_REGION", "us-east-1")
+    for env_name, key in (("AWS_ACCESS_KEY_ID", "access.key"), ("AWS_SECRET_ACCESS_KEY", "secret.key")):
+        if os.environ.get(env_name):
+            settings[prefix + key] = os.environ[env_name]
+    return settings
+
+
+def build_session(
+    master: str | None = None,
+    app_name: str = "clickstream-etl",
+    shuffle_partitions: int | None = None,
+    driver_memory: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> SparkSession:
+    """A session configured for the job; an already running session is reused and adjusted."""
+    builder = SparkSession.builder.appName(app_name)
+    # Under spark-submit (EMR, a cluster) the launcher already chose the master.
+    if master or not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        builder = builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+    cores = os.cpu_count() or 2
+    settings = {
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.mapKeyDedupPolicy": "LAST_WIN",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions or max(4, cores * 2)),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.parquet.compression.codec": "snappy",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if driver_memory:
+        settings["spark.driver.memory"] = driver_memory
+    jars = s3a_jars()
+    if jars:
+        settings["spark.jars"] = ",".join(jars)
+        settings.update(_s3a_settings())
+    settings.update(extra or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "WARN"))
+    return session
+
+
+def to_hadoop_uri(uri: str) -> str:
+    """`s3://` is read through S3A; a plain path becomes `file://`."""
+    if uri.startswith("s3://"):
+        return "s3a://" + uri[len("s3://") :]
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
