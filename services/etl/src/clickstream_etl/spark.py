@@ -10,6 +10,7 @@ outside the repo; a local S3 API server is reached through `AWS_ENDPOINT_URL_S3`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -69,6 +70,10 @@ def build_session(
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.parquet.compression.codec": "snappy",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # No .crc side files next to local output: readers such as DuckDB glob the folders.
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+        "spark.hadoop.fs.file.impl.disable.cache": "true",
+        "spark.sql.adaptive.autoBroadcastJoinThreshold": "64MB",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
@@ -90,6 +95,7 @@ def to_hadoop_uri(uri: str) -> str:
     """`s3://` is read through S3A; a plain path becomes `file://`."""
     if uri.startswith("s3://"):
         return "s3a://" + uri[len("s3://") :]
-    if "://" not in uri:
-        return Path(uri).resolve().as_uri()
-    return uri
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        return uri
+    # Not Path.as_uri(): it would percent-encode the '=' of partition folders.
+    return "file://" + str(Path(uri).resolve())
