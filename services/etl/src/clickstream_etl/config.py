@@ -9,7 +9,9 @@ from clickstream_core.settings import env
 
 @dataclass(frozen=True)
 class EtlConfig:
-    source: str = env("ETL_SOURCE_URI", "", "Raw records: s3://bucket/prefix, s3a://…, file:///path or a path (required)")
+    source: str = env(
+        "ETL_SOURCE_URI", "", "Raw records: s3://bucket/prefix, s3a://…, file:///path or a path (required)"
+    )
     sink: str = env("ETL_SINK_URI", "", "Output root of the four tables (the ods location) (required)")
     state: str = env("ETL_STATE_URI", "", "Watermark, run reports, window manifests, user history; default <sink>/_etl")
     bad_rows: str = env("ETL_BAD_ROWS_URI", "", "Bad rows (gzip JSON, partitioned by reason); default <sink>/bad_rows")
@@ -17,7 +19,9 @@ class EtlConfig:
     plugins: str = env("ETL_PLUGINS", "", "Plug-in chain: YAML/JSON file or inline JSON; empty = the defaults")
     rules_dir: str = env("ETL_RULES_DIR", "", "Per-app traffic rule files <dir>/<app_id>/traffic_source_*_rule_v1.json")
     freshness_hours: float = env("ETL_FRESHNESS_HOURS", 72.0, "Events that arrive later than this are too_late")
-    time_shift: bool = env("ETL_TIME_SHIFT", False, "Shift event times whenever client and server clocks differ > 10 min")
+    time_shift: bool = env(
+        "ETL_TIME_SHIFT", False, "Shift event times whenever client and server clocks differ > 10 min"
+    )
     buffer_seconds: int = env("ETL_BUFFER_SECONDS", 30, "A run reads objects written until now minus this")
     input_day_margin: int = env(
         "ETL_INPUT_DAY_MARGIN", 1, "Raw day folders read before the window's first day (late-uploaded objects)"
@@ -56,4 +60,3 @@ class EtlConfig:
     @property
     def bad_rows_uri(self) -> str:
         return self.bad_rows or self.sink.rstrip("/") + "/bad_rows"
-

@@ -39,9 +39,7 @@ REQUEST_FIELDS = [
     ("input_file", pa.string()),
 ]
 REQUEST_SCHEMA = pa.schema(REQUEST_FIELDS)
-REQUEST_DDL = ", ".join(
-    f"{name} {'bigint' if type_ == pa.int64() else 'string'}" for name, type_ in REQUEST_FIELDS
-)
+REQUEST_DDL = ", ".join(f"{name} {'bigint' if type_ == pa.int64() else 'string'}" for name, type_ in REQUEST_FIELDS)
 
 
 def decode_body(data: object) -> tuple[str | None, str, str | None]:

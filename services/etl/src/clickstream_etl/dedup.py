@@ -31,8 +31,10 @@ def flags(events: DataFrame, existing_ids: DataFrame | None) -> DataFrame:
         seen = keys.join(existing_ids.distinct(), "event_id", "left_semi").select(
             "event_id", "_keep", F.lit(True).alias("_seen")
         )
-        flagged = flagged.unionByName(seen).groupBy("event_id").agg(
-            F.first("_keep").alias("_keep"), F.max("_seen").alias("_seen")
+        flagged = (
+            flagged.unionByName(seen)
+            .groupBy("event_id")
+            .agg(F.first("_keep").alias("_keep"), F.max("_seen").alias("_seen"))
         )
     return flagged
 

@@ -59,7 +59,13 @@ def _complete(events: DataFrame, job_id: str, process_time_ms: int) -> DataFrame
 
 
 def _existing_ids(
-    spark: SparkSession, storage: Storage, sink: str, events: DataFrame, owned: set[str], lookback_days: int, end_ms: int
+    spark: SparkSession,
+    storage: Storage,
+    sink: str,
+    events: DataFrame,
+    owned: set[str],
+    lookback_days: int,
+    end_ms: int,
 ) -> DataFrame | None:
     """event_ids already written in the partitions this run's good events fall into."""
     if lookback_days <= 0:

@@ -71,5 +71,7 @@ class Progress:
         self._finish()
         self.report.duration_s = round(time.monotonic() - self._started, 3)
         if self.tty:
-            print(f"\r[{'#' * 24}] {self.stages}/{self.stages} done in {self.report.duration_s:.1f} s" + " " * 30,
-                  file=sys.stderr)
+            print(
+                f"\r[{'#' * 24}] {self.stages}/{self.stages} done in {self.report.duration_s:.1f} s" + " " * 30,
+                file=sys.stderr,
+            )

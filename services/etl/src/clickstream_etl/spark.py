@@ -24,6 +24,11 @@ def s3a_jars(jars_dir: Path | None = None) -> list[str]:
     return sorted(str(p) for p in folder.glob("*.jar")) if folder.is_dir() else []
 
 
+# S3A's default "disk" buffer asks Hadoop for the local FileSystem and casts it to LocalFileSystem, which fails when
+# fs.file.impl is RawLocalFileSystem (set below so local output has no .crc files); off-heap buffers need no disk.
+S3A_UPLOAD_BUFFER = "bytebuffer"
+
+
 def _s3a_settings() -> dict[str, str]:
     prefix = "spark.hadoop.fs.s3a."
     settings = {
@@ -35,6 +40,7 @@ def _s3a_settings() -> dict[str, str]:
         # The job's output is committed by renames of its own (see output.py), so the classic
         # committer's temporary files never reach the final layout.
         prefix + "fast.upload": "true",
+        prefix + "fast.upload.buffer": S3A_UPLOAD_BUFFER,
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -46,6 +52,40 @@ def _s3a_settings() -> dict[str, str]:
         if os.environ.get(env_name):
             settings[prefix + key] = os.environ[env_name]
     return settings
+
+
+def configure_s3a_endpoint(
+    spark: SparkSession,
+    endpoint: str,
+    bucket: str | None = None,
+    region: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> None:
+    """Point S3A at an S3 API server on a session that is already running.
+
+    `spark.hadoop.*` settings only count when the session starts, and a test run shares one session that may
+    predate the endpoint (a moto server started later, or AWS_ENDPOINT_URL_S3 set after start-up). The live Hadoop
+    configuration can still be changed, and with `bucket` only that bucket's per-bucket options
+    (`fs.s3a.bucket.<bucket>.*`) are set, leaving real S3 for the others. S3A caches one FileSystem per bucket, so
+    call this before the first access to the bucket: an instance already created keeps its endpoint.
+    Keys default to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; when there are any, they are used directly rather
+    than through the default provider chain, which would look for instance credentials a local server lacks.
+    """
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    prefix = f"fs.s3a.bucket.{bucket}." if bucket else "fs.s3a."
+    conf.set(prefix + "endpoint", endpoint)
+    # Local servers serve buckets under the path, not as virtual hosts (no wildcard DNS for 127.0.0.1).
+    conf.set(prefix + "path.style.access", "true")
+    conf.set(prefix + "connection.ssl.enabled", str(endpoint.startswith("https")).lower())
+    conf.set(prefix + "endpoint.region", region or os.environ.get("AWS_REGION") or "us-east-1")
+    conf.set(prefix + "fast.upload.buffer", S3A_UPLOAD_BUFFER)
+    access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access_key and secret_key:
+        conf.set(prefix + "access.key", access_key)
+        conf.set(prefix + "secret.key", secret_key)
+        conf.set(prefix + "aws.credentials.provider", "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
 
 
 def build_session(
@@ -65,6 +105,9 @@ def build_session(
         "spark.ui.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.mapKeyDedupPolicy": "LAST_WIN",
+        # Input is whatever clients sent: a bad value becomes null (and maybe a bad row), never a
+        # failed job, so the SQL functions run with Spark 3's lenient semantics.
+        "spark.sql.ansi.enabled": "false",
         "spark.sql.shuffle.partitions": str(shuffle_partitions or max(4, cores * 2)),
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",

@@ -6,7 +6,6 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 
-
 def blank_to_null(col: Column) -> Column:
     return F.when(F.trim(col) == "", None).otherwise(col)
 

@@ -61,9 +61,11 @@ def apply(df: DataFrame, checks: Checks) -> DataFrame:
     clamp = (shifted_event > ingest) & (shifted_event - ingest <= SKEW_THRESHOLD_MS)
     final_event = F.when(clamp, ingest).otherwise(shifted_event)
     adjusted = F.when(shift | clamp, F.lit(True))
-    reason = F.when(clamp & ~shift, F.lit("event_later_than_arrival")).when(
-        shift & future, F.lit("event_in_future_client_clock_shifted")
-    ).when(shift, F.lit("client_clock_skew"))
+    reason = (
+        F.when(clamp & ~shift, F.lit("event_later_than_arrival"))
+        .when(shift & future, F.lit("event_in_future_client_clock_shifted"))
+        .when(shift, F.lit("client_clock_skew"))
+    )
     info = F.when(
         adjusted,
         F.map_concat(

@@ -25,21 +25,6 @@ _SCALARS = (
     "event_previous_timestamp viewport_width viewport_height"
 ).split()
 
-EVENT_SCHEMA = T.StructType(
-    [T.StructField(name, T.StringType()) for name in _SCALARS]
-    + [
-        T.StructField(
-            "user",
-            T.MapType(
-                T.StringType(),
-                T.StructType([T.StructField("value", T.VariantType()), T.StructField("set_timestamp", T.StringType())]),
-            ),
-        ),
-        T.StructField("attributes", T.MapType(T.StringType(), T.VariantType())),
-        T.StructField("items", T.ArrayType(T.MapType(T.StringType(), T.VariantType()))),
-    ]
-)
-
 # Attributes bound to columns; everything else is a custom parameter.
 RESERVED_ATTRIBUTES = frozenset(
     """_session_id _session_start_timestamp _session_start_time_msec _session_duration _session_number
@@ -54,7 +39,39 @@ RESERVED_ATTRIBUTES = frozenset(
     _traffic_source_channel_group _traffic_source_category _utm_id _utm_source _utm_medium _utm_content
     _utm_term _utm_campaign _utm_source_platform _gclid""".split()
 )
-RESERVED_USER = frozenset({"_user_id", "_user_name", "_user_age", "_user_first_touch_timestamp"})
+RESERVED_USER = ("_user_id", "_user_first_touch_timestamp")
+
+# The main parse binds reserved attributes by name (a struct field is found by hashing while the
+# JSON is read; map lookups or VARIANT paths per attribute cost several times more). Values are
+# read as text whatever their JSON type, then cast.
+EVENT_SCHEMA = T.StructType(
+    [T.StructField(name, T.StringType()) for name in _SCALARS]
+    + [
+        T.StructField(
+            "attributes", T.StructType([T.StructField(k, T.StringType()) for k in sorted(RESERVED_ATTRIBUTES)])
+        ),
+        T.StructField(
+            "user",
+            T.StructType(
+                [T.StructField(k, T.StructType([T.StructField("value", T.StringType())])) for k in RESERVED_USER]
+            ),
+        ),
+        T.StructField("items", T.ArrayType(T.MapType(T.StringType(), T.VariantType()))),
+    ]
+)
+# Custom parameters and user properties keep each value's JSON type: a second, narrower parse.
+CUSTOM_SCHEMA = T.StructType(
+    [
+        T.StructField("attributes", T.MapType(T.StringType(), T.VariantType())),
+        T.StructField(
+            "user",
+            T.MapType(
+                T.StringType(),
+                T.StructType([T.StructField("value", T.VariantType()), T.StructField("set_timestamp", T.StringType())]),
+            ),
+        ),
+    ]
+)
 ITEM_FIELDS = C.ITEM_FIELDS
 # Keys an item may carry for a field (the reference's Android SDK used `id` and `item_name`).
 ITEM_ALIASES = {"item_id": ("item_id", "id"), "name": ("name", "item_name")}
@@ -63,7 +80,7 @@ MOBILE_PLATFORMS = {"ANDROID": "Android", "IOS": "iOS", "WECHATMP": "WeChatMP"}
 
 
 def _attr(name: str) -> Column:
-    return variant_string(F.col("e.attributes")[name])
+    return F.col(f"e.attributes.{name}")
 
 
 def _first_attr(*names: str) -> Column:
@@ -71,7 +88,7 @@ def _first_attr(*names: str) -> Column:
 
 
 def _user_value(name: str) -> Column:
-    return variant_string(F.col("e.user")[name]["value"])
+    return F.col(f"e.user.{name}.value")
 
 
 def _when_event(name: str, value: Column) -> Column:
@@ -84,7 +101,7 @@ def _query_param(key: str) -> Column:
 
 def _custom_parameters() -> Column:
     reserved = F.array(*(F.lit(k) for k in sorted(RESERVED_ATTRIBUTES)))
-    custom = F.map_filter(F.col("e.attributes"), lambda k, v: ~F.array_contains(reserved, k) & ~F.is_variant_null(v))
+    custom = F.map_filter(F.col("x.attributes"), lambda k, v: ~F.array_contains(reserved, k) & ~F.is_variant_null(v))
     return custom
 
 
@@ -104,14 +121,16 @@ def _items() -> Column:
         return F.struct(*fields)
 
     # An item without an id is skipped, as the reference does.
-    with_id = F.filter(F.col("e.items"), lambda m: F.coalesce(*(variant_string(m[k]) for k in ("item_id", "id"))).isNotNull())
+    with_id = F.filter(
+        F.col("e.items"), lambda m: F.coalesce(*(variant_string(m[k]) for k in ("item_id", "id"))).isNotNull()
+    )
     return F.transform(with_id, item)
 
 
 def _user_properties() -> Column:
-    reserved = F.array(F.lit("_user_id"), F.lit("_user_first_touch_timestamp"))
+    reserved = F.array(*(F.lit(k) for k in RESERVED_USER))
     props = F.map_filter(
-        F.col("e.user"),
+        F.col("x.user"),
         lambda k, v: ~F.array_contains(reserved, k) & v["value"].isNotNull() & ~F.is_variant_null(v["value"]),
     )
     return F.transform_values(
@@ -137,11 +156,13 @@ class ClickstreamSdkTransformer(Transformer):
         texts = F.when((F.col("error").isNull()) & (F.col("body_kind") != "other"), F.from_json(body, "array<string>"))
         exploded = requests.select(
             "*",
-            F.posexplode_outer(
-                F.when(F.size(texts) > 0, texts).otherwise(F.array(F.lit(None).cast("string")))
-            ).alias(C.EVENT_INDEX, C.PAYLOAD),
+            F.posexplode_outer(F.when(F.size(texts) > 0, texts).otherwise(F.array(F.lit(None).cast("string")))).alias(
+                C.EVENT_INDEX, C.PAYLOAD
+            ),
         )
-        parsed = exploded.withColumn("e", F.from_json(C.PAYLOAD, EVENT_SCHEMA))
+        parsed = exploded.withColumns(
+            {"e": F.from_json(C.PAYLOAD, EVENT_SCHEMA), "x": F.from_json(C.PAYLOAD, CUSTOM_SCHEMA)}
+        )
         return parsed.select(*self._columns(ctx.project_id))
 
     @staticmethod
@@ -187,16 +208,16 @@ class ClickstreamSdkTransformer(Transformer):
         event_value = e("event_value").try_cast("double")
         custom = _custom_parameters()
         reason, detail = self._bad_reason()
-        query = F.parse_url(page_url, F.lit("QUERY"))
+        query = F.try_parse_url(page_url, F.lit("QUERY"))
         return [
             F.timestamp_millis(event_time).alias("event_timestamp"),
             e("event_id").alias("event_id"),
             event_time.alias("event_time_msec"),
             name.alias("event_name"),
             event_value.alias("event_value"),
-            F.when(
-                event_value.isNotNull(), F.coalesce(e("event_value_currency"), e("currency"), F.lit("USD"))
-            ).otherwise(F.coalesce(e("event_value_currency"), e("currency"))).alias("event_value_currency"),
+            F.when(event_value.isNotNull(), F.coalesce(e("event_value_currency"), e("currency"), F.lit("USD")))
+            .otherwise(F.coalesce(e("event_value_currency"), e("currency")))
+            .alias("event_value_currency"),
             as_long(_query_param("event_bundle_sequence_id")).alias("event_bundle_sequence_id"),
             F.col("ingest_time_msec"),
             e("brand").alias("device_mobile_brand_name"),
@@ -256,14 +277,14 @@ class ClickstreamSdkTransformer(Transformer):
             _when_event("_page_view", engagement).alias("page_view_engagement_time_msec"),
             url_decoded(_attr("_page_title")).alias("page_view_page_title"),
             page_url.alias("page_view_page_url"),
-            F.parse_url(page_url, F.lit("PATH")).alias("page_view_page_url_path"),
+            F.try_parse_url(page_url, F.lit("PATH")).alias("page_view_page_url_path"),
             F.when(query.isNotNull() & (query != ""), F.str_to_map(query, F.lit("&"), F.lit("="))).alias(
                 "page_view_page_url_query_parameters"
             ),
-            F.coalesce(F.parse_url(page_url, F.lit("HOST")), e("host_name")).alias("page_view_hostname"),
+            F.coalesce(F.try_parse_url(page_url, F.lit("HOST")), e("host_name")).alias("page_view_hostname"),
             url_decoded(_attr("_latest_referrer")).alias("page_view_latest_referrer"),
             F.coalesce(
-                _attr("_latest_referrer_host"), F.parse_url(url_decoded(_attr("_latest_referrer")), F.lit("HOST"))
+                _attr("_latest_referrer_host"), F.try_parse_url(url_decoded(_attr("_latest_referrer")), F.lit("HOST"))
             ).alias("page_view_latest_referrer_host"),
             _when_event("_page_view", entrances).alias("page_view_entrances"),
             as_bool(_attr("_is_first_time")).alias("app_start_is_first_time"),
@@ -295,7 +316,8 @@ class ClickstreamSdkTransformer(Transformer):
             F.when(F.size(custom) > 0, F.to_json(custom)).alias("custom_parameters_json_str"),
             F.transform_values(custom, lambda _k, v: typed_value(v)).alias("custom_parameters"),
             _items().alias(C.ITEMS),
-            _user_properties().alias(C.USER_PROPERTIES),
+            # Only the newest _profile_set of a user counts (model.user_batch).
+            F.when(name == "_profile_set", _user_properties()).alias(C.USER_PROPERTIES),
             reason.alias(C.BAD_REASON),
             detail.alias(C.BAD_DETAIL),
             F.col("rid").alias(C.RID),
