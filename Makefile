@@ -5,7 +5,7 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 export PORT DATA_DIR
 
-.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream clean
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream package-etl clean
 
 help:
 	@echo "make demo       start the local stack and send it realistic SDK traffic"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
 	@echo "make bench-stream  worker -> Kafka/Kinesis against their own ceilings, kinesis-s3-sink records/s"
+	@echo "make package-etl   the ETL job's Python environment archive + entry point for EMR Serverless (dist/etl)"
 
 setup:
 	@bash scripts/setup.sh run
@@ -58,6 +59,9 @@ bench-stream: setup
 	@bash scripts/setup.sh kafka
 	@bash scripts/setup.sh emulators
 	uv run python -m scripts.bench_stream
+
+package-etl: setup
+	uv run python -m scripts.package_etl
 
 clean:
 	rm -rf $(DATA_DIR) .pytest_cache .ruff_cache

@@ -6,6 +6,8 @@
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
 #   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
 #   scripts/setup.sh kafka    + Java 17, Maven and the Apache Kafka jars (cached outside the repo); test does it too
+#   scripts/setup.sh etl      + Java 17, Maven and Spark's S3A jars (hadoop-aws + AWS SDK, cached outside the repo);
+#                             test does it too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,10 +40,15 @@ case "$want" in
     bash tools/emulators/setup.sh
     apt_install openjdk-17-jre-headless maven
     uv run python -m scripts.kafka fetch >/dev/null
+    uv run python -m scripts.spark_jars fetch >/dev/null
     ;;
   kafka)
     apt_install openjdk-17-jre-headless maven
     uv run python -m scripts.kafka fetch >/dev/null
+    ;;
+  etl)
+    apt_install openjdk-17-jre-headless maven
+    uv run python -m scripts.spark_jars fetch >/dev/null
     ;;
   emulators)
     bash tools/emulators/setup.sh
@@ -50,5 +57,5 @@ case "$want" in
     apt_install nginx-light wrk
     ;;
   run) ;;
-  *) echo "usage: scripts/setup.sh [run|test|bench|kafka|emulators]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [run|test|bench|kafka|etl|emulators]" >&2; exit 2 ;;
 esac
