@@ -62,7 +62,7 @@ class WindowCommit:
 
     def __init__(self, storage: Storage, sink: str, state: str, window: str, job_id: str):
         self.storage = storage
-        self.sink = sink
+        self.sink = storage.qualify(sink)
         self.window = window
         self.staging = join(state, "staging", job_id)
         self.manifest_uri = join(state, "windows", f"{window}.json")
@@ -87,6 +87,7 @@ class WindowCommit:
         return self.plan_to(join(self.sink, name), staged, ext)
 
     def plan_to(self, root: str, staged: str, ext: str) -> int:
+        root = self.storage.qualify(root)
         count = 0
         for entry in sorted(self.storage.list_files(staged), key=lambda e: e.path):
             match = _PARTITION_DIRS.search(entry.path)

@@ -33,6 +33,11 @@ class Storage:
     def _fs(self, path):
         return path.getFileSystem(self._conf)
 
+    def qualify(self, uri: str) -> str:
+        """The one spelling Hadoop lists a path with (`file:/x`, `s3a://b/x`): manifests compare them."""
+        path = self._path(uri)
+        return str(self._fs(path).makeQualified(path).toString())
+
     def exists(self, uri: str) -> bool:
         path = self._path(uri)
         return bool(self._fs(path).exists(path))

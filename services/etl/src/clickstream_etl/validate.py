@@ -2,10 +2,11 @@
 
 Rules (reference-system.md §4.4, §4.6), with one change: nothing is dropped, a rejected event is
 routed to the bad rows with its reason.
-- Skew: when the event is later than its arrival, or time shifting is on and the client's upload
-  clock differs from the server's by more than 10 minutes, every client timestamp of the event
-  moves by (ingest - upload). An event still later than its arrival is set to the arrival time
-  when it is within the tolerance, else it is `in_future`.
+- Skew: when the client's upload clock differs from the server's by more than 10 minutes and the
+  event is later than its arrival (or time shifting is on), every client timestamp of the event
+  moves by (ingest - upload); one still later than its arrival gets the arrival time. An event
+  more than 10 minutes after its arrival that cannot be corrected is `in_future`; up to 10 minutes
+  ahead is clock noise and kept as sent.
 - Freshness: an event that arrived more than `freshness_hours` after it happened is `too_late`,
   except _first_open, _first_visit and _profile_set.
 - App id: with registered apps, an event of another app is `unknown_app`.
@@ -55,19 +56,15 @@ def apply(df: DataFrame, checks: Checks) -> DataFrame:
     upload = F.col(C.UPLOAD_TIME)
     event = F.col("event_time_msec")
     diff = ingest - upload
-    future = event > ingest
-    shift = upload.isNotNull() & (future | (F.lit(checks.time_shift) & (F.abs(diff) > SKEW_THRESHOLD_MS)))
-    shifted_event = F.when(shift, event + diff).otherwise(event)
-    clamp = (shifted_event > ingest) & (shifted_event - ingest <= SKEW_THRESHOLD_MS)
-    final_event = F.when(clamp, ingest).otherwise(shifted_event)
-    adjusted = F.when(shift | clamp, F.lit(True))
-    reason = (
-        F.when(clamp & ~shift, F.lit("event_later_than_arrival"))
-        .when(shift & future, F.lit("event_in_future_client_clock_shifted"))
-        .when(shift, F.lit("client_clock_skew"))
-    )
+    skewed = upload.isNotNull() & (F.abs(diff) > SKEW_THRESHOLD_MS)
+    shift = skewed & ((event > ingest) | F.lit(checks.time_shift))
+    shifted = F.when(shift, event + diff).otherwise(event)
+    # A shifted event still after its arrival gets the arrival time, as the reference does.
+    clamp = shift & (shifted > ingest)
+    final_event = F.when(clamp, ingest).otherwise(shifted)
+    reason = F.when(event > ingest, F.lit("event_in_future_client_clock_skew")).otherwise(F.lit("client_clock_skew"))
     info = F.when(
-        adjusted,
+        shift,
         F.map_concat(
             F.col("process_info"),
             F.create_map(
@@ -87,9 +84,11 @@ def apply(df: DataFrame, checks: Checks) -> DataFrame:
             "process_info": info,
         }
     )
+    # Clocks a few minutes ahead are noise (and the reference's ingest times are whole seconds);
+    # beyond the tolerance, with no upload time to correct it, the time cannot be trusted.
     df = _reject(
         df,
-        F.col("event_time_msec") > ingest,
+        F.col("event_time_msec") > ingest + SKEW_THRESHOLD_MS,
         Reason.IN_FUTURE,
         F.concat(F.lit("event time "), event.cast("string"), F.lit(" is after its arrival "), ingest.cast("string")),
     )
