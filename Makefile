@@ -5,7 +5,7 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 export PORT DATA_DIR
 
-.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream package-etl clean
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl etl package-etl clean
 
 help:
 	@echo "make demo       start the local stack and send it realistic SDK traffic"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
 	@echo "make bench-stream  worker -> Kafka/Kinesis against their own ceilings, kinesis-s3-sink records/s"
+	@echo "make etl        one ETL run over ./data (SOURCE/SINK override): raw records -> the four tables"
+	@echo "make bench-etl  the ETL job on 2M generated events against its I/O floor (read + Parquet writes)"
 	@echo "make package-etl   the ETL job's Python environment archive + entry point for EMR Serverless (dist/etl)"
 
 setup:
@@ -59,6 +61,18 @@ bench-stream: setup
 	@bash scripts/setup.sh kafka
 	@bash scripts/setup.sh emulators
 	uv run python -m scripts.bench_stream
+
+ETL_SOURCE ?= $(DATA_DIR)/lake/clickstream/default/data/buffer
+ETL_SINK ?= $(DATA_DIR)/lake/clickstream/default/data/ods
+
+etl: setup
+	@bash scripts/setup.sh etl
+	uv run clickstream-etl run --source $(ETL_SOURCE) --sink $(ETL_SINK)
+
+bench-etl: setup
+	@bash scripts/setup.sh etl
+	uv run python -m scripts.geoip fetch >/dev/null
+	uv run python -m scripts.bench_etl
 
 package-etl: setup
 	uv run python -m scripts.package_etl
