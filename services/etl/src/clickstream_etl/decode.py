@@ -42,8 +42,9 @@ REQUEST_SCHEMA = pa.schema(REQUEST_FIELDS)
 REQUEST_DDL = ", ".join(f"{name} {'bigint' if type_ == pa.int64() else 'string'}" for name, type_ in REQUEST_FIELDS)
 
 
-def decode_body(data: object) -> tuple[str | None, str, str | None]:
-    """(text, kind, error) of a raw record's `data`."""
+def decode_body_bytes(data: object) -> tuple[str | bytes | None, str, str | None]:
+    """(body, kind, error) of a raw record's `data`; an inflated body stays bytes (orjson reads
+    bytes directly, and Arrow takes them without a round trip through str)."""
     if not isinstance(data, str):
         return None, "other", "data is not a string"
     head = data.lstrip()[:1]
@@ -61,10 +62,18 @@ def decode_body(data: object) -> tuple[str | None, str, str | None]:
         return data, "other", f"gzip body does not inflate: {exc}"
     if len(inflated) > MAX_INFLATED_BYTES:
         return None, "other", f"inflated body over {MAX_INFLATED_BYTES} bytes"
-    try:
-        return inflated.decode("utf-8"), "gzip", None
-    except UnicodeDecodeError:
-        return None, "other", "inflated body is not UTF-8"
+    return inflated, "gzip", None
+
+
+def decode_body(data: object) -> tuple[str | None, str, str | None]:
+    """(text, kind, error) of a raw record's `data`."""
+    body, kind, error = decode_body_bytes(data)
+    if isinstance(body, bytes):
+        try:
+            return body.decode("utf-8"), kind, error
+        except UnicodeDecodeError:
+            return None, "other", "inflated body is not UTF-8"
+    return body, kind, error
 
 
 def _upload_time(record: dict) -> int | None:
@@ -79,35 +88,48 @@ def _upload_time(record: dict) -> int | None:
     return integer_or_none(uri[at + len(marker) :].split("&", 1)[0])
 
 
+ENVELOPE = ("rid", "ingest_time_msec", "upload_time_msec", "app_id", "platform", "compression", "uri", "ua", "ip")
+
+
+def parse_request(line: str | None) -> tuple[dict, object, str, str | None]:
+    """(envelope, body, body_kind, error) of one raw line; the envelope has the ENVELOPE fields."""
+    try:
+        record = parse_line(line or "")
+    except ValueError as exc:
+        return dict.fromkeys(ENVELOPE), line, "other", f"not a raw record: {exc}"
+    ingest = record.get("ingest_time")
+    envelope = {
+        "rid": record.get("rid"),
+        "ingest_time_msec": ingest if isinstance(ingest, int) else integer_or_none(str(ingest)),
+        "upload_time_msec": _upload_time(record),
+        "app_id": record.get("appId"),
+        "platform": record.get("platform"),
+        "compression": record.get("compression"),
+        "uri": record.get("uri"),
+        "ua": record.get("ua"),
+        "ip": client_ip(record),
+    }
+    body, kind, error = decode_body_bytes(record.get("data"))
+    if envelope["ingest_time_msec"] is None and error is None:
+        error = "raw record has no ingest_time"
+    return envelope, body, kind, error
+
+
 def decode_lines(lines: list[str | None], files: list[str | None]) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name, _ in REQUEST_FIELDS}
     for line, file in zip(lines, files, strict=True):
-        row = dict.fromkeys(out)
-        row["input_file"] = file
-        try:
-            record = parse_line(line or "")
-        except ValueError as exc:
-            row["error"] = f"not a raw record: {exc}"
-            row["body"] = line
-            row["body_kind"] = "other"
-        else:
-            ingest = record.get("ingest_time")
-            row.update(
-                rid=record.get("rid"),
-                ingest_time_msec=ingest if isinstance(ingest, int) else integer_or_none(str(ingest)),
-                upload_time_msec=_upload_time(record),
-                app_id=record.get("appId"),
-                platform=record.get("platform"),
-                compression=record.get("compression"),
-                uri=record.get("uri"),
-                ua=record.get("ua"),
-                ip=client_ip(record),
-            )
-            row["body"], row["body_kind"], row["error"] = decode_body(record.get("data"))
-            if row["ingest_time_msec"] is None and row["error"] is None:
-                row["error"] = "raw record has no ingest_time"
-        for name in out:
-            out[name].append(row[name])
+        envelope, body, kind, error = parse_request(line)
+        if isinstance(body, bytes):
+            try:
+                body = body.decode("utf-8")
+            except UnicodeDecodeError:
+                body, kind, error = None, "other", "inflated body is not UTF-8"
+        for name in ENVELOPE:
+            out[name].append(envelope[name])
+        out["body"].append(body)
+        out["body_kind"].append(kind)
+        out["error"].append(error)
+        out["input_file"].append(file)
     return out
 
 
@@ -118,10 +140,14 @@ def _decode_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatc
         yield pa.RecordBatch.from_pydict(decode_lines(lines, files), schema=REQUEST_SCHEMA)
 
 
+def raw_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """`value` (one raw record's text) and `input_file` of every non-empty line of the objects."""
+    lines = spark.read.text(paths).where(F.length(F.trim("value")) > 0)
+    return lines.select("value", F.col("_metadata.file_path").alias("input_file"))
+
+
 def read_requests(spark: SparkSession, paths: list[str]) -> DataFrame:
     """One row per raw record of the given objects (gzip or plain NDJSON)."""
     if not paths:
         return spark.createDataFrame([], REQUEST_DDL)
-    lines = spark.read.text(paths).where(F.length(F.trim("value")) > 0)
-    lines = lines.select("value", F.col("_metadata.file_path").alias("input_file"))
-    return lines.mapInArrow(_decode_batches, REQUEST_DDL)
+    return raw_lines(spark, paths).mapInArrow(_decode_batches, REQUEST_DDL)

@@ -170,7 +170,8 @@ def run(
             rules_dir=config.rules_dir or None,
         )
         transformer, enrichers = chain.build(context)
-        requests = read_requests(spark, [e.path for e in inputs])
+        paths = [e.path for e in inputs]
+        requests = transformer.read(spark, paths) if hasattr(transformer, "read") else read_requests(spark, paths)
         events = _complete(transformer.transform(requests), job_id, now_ms)
         checks = validate.Checks(
             freshness_hours=config.freshness_hours,
@@ -181,14 +182,17 @@ def run(
         events = validate.apply(events, checks)
         for enricher in enrichers:
             events = enricher.transform(events)
-        events = events.persist(StorageLevel.MEMORY_AND_DISK)
+        # The payload (about 1 KB an event) is kept only for rows already rejected: the cache is
+        # read by every later stage. A duplicate found later names the request of the copy kept.
+        events = events.withColumn(C.PAYLOAD, F.when(F.col(C.BAD_REASON).isNotNull(), F.col(C.PAYLOAD)))
+        events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(events)
 
         progress.stage("dedup")
         existing = _existing_ids(
             spark, storage, config.sink, events, commit.owned(), config.dedup_lookback_days, window.end_ms
         )
-        flagged = dedup.flags(events, existing).persist(StorageLevel.MEMORY_AND_DISK)
+        flagged = dedup.flags(events, existing).persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(flagged)
         events = dedup.mark(events, flagged)
         good = events.where(F.col(C.BAD_REASON).isNull())
@@ -234,7 +238,7 @@ def run(
                 report.good = row["n"]
             else:
                 report.bad[row[C.BAD_REASON]] = row["n"]
-        for name, (path, fmt) in staged.items():
+        for name, (path, _fmt) in staged.items():
             report.tables[name] = spark.read.parquet(path).count() if storage.list_files(path) else 0
 
         progress.stage("commit")

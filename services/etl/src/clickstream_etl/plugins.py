@@ -70,6 +70,13 @@ class Plugin:
 class Transformer(Plugin):
     kind = "transformer"
 
+    def read(self, spark: SparkSession, paths: list[str]) -> DataFrame:
+        """The transformer's input from the raw objects: by default one row per request
+        (decode.read_requests). A transformer may read differently, e.g. split bodies on the way."""
+        from .decode import read_requests
+
+        return read_requests(spark, paths)
+
 
 class Enricher(Plugin):
     kind = "enricher"

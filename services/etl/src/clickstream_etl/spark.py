@@ -98,8 +98,10 @@ def build_session(
     """A session configured for the job; an already running session is reused and adjusted."""
     builder = SparkSession.builder.appName(app_name)
     # Under spark-submit (EMR, a cluster) the launcher already chose the master.
+    chosen = master
     if master or not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        builder = builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+        chosen = master or os.environ.get("SPARK_MASTER", "local[*]")
+        builder = builder.master(chosen)
     cores = os.cpu_count() or 2
     settings = {
         "spark.ui.enabled": "false",
@@ -120,6 +122,10 @@ def build_session(
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
+    if chosen and chosen.startswith("local"):
+        # Local mode talks to itself only: bind the driver to the loopback interface.
+        settings["spark.driver.host"] = os.environ.get("SPARK_DRIVER_HOST", "127.0.0.1")
+        settings["spark.driver.bindAddress"] = os.environ.get("SPARK_DRIVER_BIND_ADDRESS", "127.0.0.1")
     if driver_memory:
         settings["spark.driver.memory"] = driver_memory
     jars = s3a_jars()

@@ -1,22 +1,27 @@
 """The Clickstream SDK transformer (default): requests of the official SDKs -> event rows.
 
-Bodies are JSON arrays of events (web, or Android/Swift after Base64+gzip). The array is split
-into each event's original text (kept as the bad-row payload), then each event is parsed with an
-explicit schema: scalars as text (the SDKs are not consistent about "12" vs 12) cast afterwards,
-attributes, user properties and items as VARIANT so every custom value keeps its JSON type.
-Field mapping: reference-system.md §1.9 and §4.6.
+Bodies are JSON arrays of events (web, or Android/Swift after Base64+gzip). A pass over Arrow
+batches (sdk_split) splits each body into events, keeps each event's JSON as the bad-row payload
+and builds what needs each value's JSON type (custom parameters, user properties, items). Spark
+then parses every event with an explicit schema: scalars and reserved attributes as text (the
+SDKs are not consistent about "12" vs 12), cast afterwards. Field mapping: reference-system.md
+§1.9 and §4.6.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+import functools
+
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .. import columns as C
 from ..badrows import Reason
+from ..decode import raw_lines, read_requests
 from ..plugins import Transformer
-from ..sparkutil import as_bool, as_long, typed_value, url_decoded, variant_string
+from ..sparkutil import as_bool, as_long, url_decoded
+from . import sdk_split
 
 _SCALARS = (
     "event_id app_id unique_id device_id device_unique_id event_type timestamp platform os_version make brand "
@@ -56,26 +61,8 @@ EVENT_SCHEMA = T.StructType(
                 [T.StructField(k, T.StructType([T.StructField("value", T.StringType())])) for k in RESERVED_USER]
             ),
         ),
-        T.StructField("items", T.ArrayType(T.MapType(T.StringType(), T.VariantType()))),
     ]
 )
-# Custom parameters and user properties keep each value's JSON type: a second, narrower parse.
-CUSTOM_SCHEMA = T.StructType(
-    [
-        T.StructField("attributes", T.MapType(T.StringType(), T.VariantType())),
-        T.StructField(
-            "user",
-            T.MapType(
-                T.StringType(),
-                T.StructType([T.StructField("value", T.VariantType()), T.StructField("set_timestamp", T.StringType())]),
-            ),
-        ),
-    ]
-)
-ITEM_FIELDS = C.ITEM_FIELDS
-# Keys an item may carry for a field (the reference's Android SDK used `id` and `item_name`).
-ITEM_ALIASES = {"item_id": ("item_id", "id"), "name": ("name", "item_name")}
-
 MOBILE_PLATFORMS = {"ANDROID": "Android", "IOS": "iOS", "WECHATMP": "WeChatMP"}
 
 
@@ -99,75 +86,34 @@ def _query_param(key: str) -> Column:
     return F.regexp_extract(F.col("uri"), rf"[?&]{key}=([^&]*)", 1)
 
 
-def _custom_parameters() -> Column:
-    reserved = F.array(*(F.lit(k) for k in sorted(RESERVED_ATTRIBUTES)))
-    custom = F.map_filter(F.col("x.attributes"), lambda k, v: ~F.array_contains(reserved, k) & ~F.is_variant_null(v))
-    return custom
-
-
-def _items() -> Column:
-    def item(m: Column) -> Column:
-        fields = []
-        for name in ITEM_FIELDS:
-            keys = ITEM_ALIASES.get(name, (name,))
-            value = F.coalesce(*(variant_string(m[k]) for k in keys))
-            if name in ("price", "quantity"):
-                value = value.try_cast("double")
-            fields.append(value.alias(name))
-        known = F.array(*(F.lit(k) for name in ITEM_FIELDS for k in ITEM_ALIASES.get(name, (name,))))
-        custom = F.map_filter(m, lambda k, v: ~F.array_contains(known, k) & ~F.is_variant_null(v))
-        fields.append(F.transform_values(custom, lambda _k, v: typed_value(v)).alias("custom_parameters"))
-        fields.append(F.when(F.size(custom) > 0, F.to_json(custom)).alias("custom_parameters_json_str"))
-        return F.struct(*fields)
-
-    # An item without an id is skipped, as the reference does.
-    with_id = F.filter(
-        F.col("e.items"), lambda m: F.coalesce(*(variant_string(m[k]) for k in ("item_id", "id"))).isNotNull()
-    )
-    return F.transform(with_id, item)
-
-
-def _user_properties() -> Column:
-    reserved = F.array(*(F.lit(k) for k in RESERVED_USER))
-    props = F.map_filter(
-        F.col("x.user"),
-        lambda k, v: ~F.array_contains(reserved, k) & v["value"].isNotNull() & ~F.is_variant_null(v["value"]),
-    )
-    return F.transform_values(
-        props,
-        lambda _k, v: F.struct(
-            variant_string(v["value"]).alias("value"),
-            typed_value(v["value"])["type"].alias("type"),
-            as_long(v["set_timestamp"]).alias("set_time_msec"),
-        ),
-    )
-
-
 class ClickstreamSdkTransformer(Transformer):
     """Official Clickstream SDK bodies (web, Android, Swift, Flutter, React Native, WeChat)."""
 
     parameters = {}
 
+    def read(self, spark: SparkSession, paths: list[str]) -> DataFrame:
+        """Raw objects straight to event rows: one Python pass decodes each request and splits
+        its body (decode.read_requests + transform would cross into Python twice)."""
+        if not paths:
+            return read_requests(spark, paths)
+        split = functools.partial(sdk_split.split_lines, **self._reserved())
+        return raw_lines(spark, paths).mapInArrow(split, sdk_split.OUT_DDL)
+
+    @staticmethod
+    def _reserved() -> dict:
+        return {"reserved_attributes": RESERVED_ATTRIBUTES, "reserved_user": frozenset(RESERVED_USER)}
+
     def transform(self, requests: DataFrame) -> DataFrame:
-        ctx = self.context
-        body = F.when(F.ltrim("body").startswith("{"), F.concat(F.lit("["), F.col("body"), F.lit("]"))).otherwise(
-            F.col("body")
-        )
-        texts = F.when((F.col("error").isNull()) & (F.col("body_kind") != "other"), F.from_json(body, "array<string>"))
-        exploded = requests.select(
-            "*",
-            F.posexplode_outer(F.when(F.size(texts) > 0, texts).otherwise(F.array(F.lit(None).cast("string")))).alias(
-                C.EVENT_INDEX, C.PAYLOAD
-            ),
-        )
-        parsed = exploded.withColumns(
-            {"e": F.from_json(C.PAYLOAD, EVENT_SCHEMA), "x": F.from_json(C.PAYLOAD, CUSTOM_SCHEMA)}
-        )
-        return parsed.select(*self._columns(ctx.project_id))
+        if "split_error" in requests.columns:
+            events = requests  # already split by read()
+        else:
+            split = functools.partial(sdk_split.split_requests, **self._reserved())
+            events = requests.mapInArrow(split, sdk_split.OUT_DDL)
+        parsed = events.withColumn("e", F.when(F.col("split_error").isNull(), F.from_json(C.PAYLOAD, EVENT_SCHEMA)))
+        return parsed.select(*self._columns(self.context.project_id))
 
     @staticmethod
     def _bad_reason() -> tuple[Column, Column]:
-        not_object = ~F.coalesce(F.ltrim(C.PAYLOAD).startswith("{"), F.lit(False))
         missing = F.concat_ws(
             ", ",
             *(
@@ -176,19 +122,14 @@ class ClickstreamSdkTransformer(Transformer):
             ),
         )
         bad_time = as_long(F.col("e.timestamp")).isNull() & F.col("e.timestamp").isNotNull()
+        split_error = F.col("split_error")
         reason = (
-            F.when(F.col("error").isNotNull(), F.lit(Reason.CORRUPT.value))
-            .when(F.col("body_kind") == "other", F.lit(Reason.CORRUPT.value))
-            .when(F.col(C.PAYLOAD).isNull(), F.lit(Reason.CORRUPT.value))
-            .when(not_object, F.lit(Reason.CORRUPT.value))
+            F.when(split_error.isNotNull(), F.lit(Reason.CORRUPT.value))
             .when(missing != "", F.lit(Reason.MISSING_FIELD.value))
             .when(bad_time, F.lit(Reason.CORRUPT.value))
         )
         detail = (
-            F.when(F.col("error").isNotNull(), F.col("error"))
-            .when(F.col("body_kind") == "other", F.lit("body is neither JSON nor Base64 of gzip"))
-            .when(F.col(C.PAYLOAD).isNull(), F.lit("body is not a JSON array of events"))
-            .when(not_object, F.lit("event is not a JSON object"))
+            F.when(split_error.isNotNull(), split_error)
             .when(missing != "", F.concat(F.lit("missing "), missing))
             .when(bad_time, F.lit("timestamp is not a number"))
         )
@@ -206,7 +147,6 @@ class ClickstreamSdkTransformer(Transformer):
         previous = as_long(_attr("_previous_timestamp"))
         entrances = as_bool(_attr("_entrances"))
         event_value = e("event_value").try_cast("double")
-        custom = _custom_parameters()
         reason, detail = self._bad_reason()
         query = F.try_parse_url(page_url, F.lit("QUERY"))
         return [
@@ -313,18 +253,17 @@ class ClickstreamSdkTransformer(Transformer):
             e("sdk_name").alias("sdk_name"),
             _attr("_exception_message").alias("app_exception_message"),
             _attr("_exception_stack").alias("app_exception_stack"),
-            F.when(F.size(custom) > 0, F.to_json(custom)).alias("custom_parameters_json_str"),
-            F.transform_values(custom, lambda _k, v: typed_value(v)).alias("custom_parameters"),
-            _items().alias(C.ITEMS),
-            # Only the newest _profile_set of a user counts (model.user_batch).
-            F.when(name == "_profile_set", _user_properties()).alias(C.USER_PROPERTIES),
+            F.col("custom_parameters_json_str"),
+            F.col("custom_parameters"),
+            F.col(C.ITEMS),
+            F.col(C.USER_PROPERTIES),
             reason.alias(C.BAD_REASON),
             detail.alias(C.BAD_DETAIL),
             F.col("rid").alias(C.RID),
             F.col("input_file").alias(C.INPUT_FILE),
             F.col("upload_time_msec").alias(C.UPLOAD_TIME),
             F.col(C.EVENT_INDEX),
-            F.coalesce(F.col(C.PAYLOAD), F.col("body")).alias(C.PAYLOAD),
+            F.col(C.PAYLOAD),
             F.col("ua").alias(C.UA),
             F.col("ip").alias(C.IP),
         ]
