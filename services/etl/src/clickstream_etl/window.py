@@ -2,7 +2,8 @@
 
 A run covers [start, end): start is the previous run's end (the watermark in
 `<state>/job-latest.json`; everything there is on the first run), end is now minus a buffer, both
-overridable (a run given its start is a rerun: it does not move the watermark). Objects are taken from the `year=/month=/day=` folders of the days in the window (and
+overridable (a run given its start is a rerun: it does not move the watermark).
+Objects are taken from the `year=/month=/day=` folders of the days in the window (and
 `input_day_margin` days before, for objects uploaded late under an earlier key) whose modification
 time falls in the window. So late-arriving objects are read by the next run, whatever the time of
 their events. A rerun of a window (explicit start/end) does not move the watermark.

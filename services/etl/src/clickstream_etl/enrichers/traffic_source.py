@@ -1,0 +1,603 @@
+"""Traffic source: source, medium, campaign, clid, category and channel group of every event.
+
+Behaviour follows the reference's rule-based traffic-source helper (reference-system.md §4.5):
+
+1. The utm parameters come from what the client sent (`_traffic_source_*`, `_utm_*`, `_gclid`),
+   otherwise from the page url. A click id without `utm_source` implies the source (`gclid` ->
+   Google, any other `*clid` -> its own name) and the medium `(CPC)`.
+2. Still no source: the utm parameters of the latest referrer's url replace them, else those of
+   the page referrer (all of them, as the reference does, even when only the source was missing).
+3. The referrer to classify is the latest referrer, else the page referrer; one on the page's own
+   host is internal and skipped. Its url is looked up in the category rules, most specific form
+   first: the whole url, without the scheme, host+path, host, host without `www.`, that + path.
+   A hit gives source, category and the search term (values of the rule's query parameters,
+   distinct, sorted, comma-joined); a miss gives the host as source and category `Unassigned`.
+4. A source without a category takes the category of that source name in the rules.
+5. The channel group is the first channel rule whose condition holds (`Unassigned` if none).
+6. No source at all: source, category `Direct`, campaign `Direct`, channel `Direct` (`Internal`
+   when the referrer was internal). A missing medium is inferred: `(CPC)` with a click id,
+   `(Organic)` for Search, `(Referral)` for Social/Video/Shopping/Referral, else `(Referral)` when
+   there was an external referrer and `None` otherwise.
+
+One deliberate difference: the channel rules see the medium before step 6's inference. The
+reference evaluates them after it, which with the v1 rule files (Organic Search wants a blank or
+`organic` medium) sends every search referrer to `Unassigned`, contradicting its own tests.
+Values the client sent are never replaced; the computed ones only fill the gaps.
+
+Everything is Spark expressions: the channel rules compile into one CASE WHEN chain per rule set,
+the category lookup is a broadcast join per url form (a join hashes; a literal map would be scanned).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from ..plugins import Enricher, PluginError
+from ..storage import Storage
+from ..storage import join as path_join
+
+CATEGORY_FILE = "traffic_source_category_rule_v1.json"
+CHANNEL_FILE = "traffic_source_channel_rule_v1.json"
+DEFAULT_SET = ""  # rule-set key of the bundled rules (an app id never is empty)
+
+DIRECT = "Direct"
+UNASSIGNED = "Unassigned"
+INTERNAL = "Internal"
+NONE_MEDIUM = "None"
+EMPTY_FLAG = "__empty__"
+
+FIELDS = ("source", "medium", "campaign", "content", "term", "campaign_id", "clid_platform", "clid")
+OUT_COLUMNS = (*(f"traffic_source_{f}" for f in FIELDS), "traffic_source_category", "traffic_source_channel_group")
+
+# Channel-rule fields -> the internal column holding the value the rules are evaluated against.
+RULE_FIELDS = {
+    "traffic_source_source": "_ts_source1",
+    "traffic_source_medium": "_ts_u_medium",
+    "traffic_source_campaign": "_ts_u_campaign",
+    "traffic_source_content": "_ts_u_content",
+    "traffic_source_term": "_ts_term1",
+    "traffic_source_campaign_id": "_ts_u_campaign_id",
+    "traffic_source_clid_platform": "_ts_u_clid_platform",
+    "traffic_source_clid": "_ts_u_clid",
+    "traffic_source_category": "_ts_cat1",  # Unassigned counts as none
+    "page_view_latest_referrer": "_ts_ref",
+    "page_view_latest_referrer_host": "_ts_ref_host",
+}
+VALUE_OPS: dict[str, Callable[[Column, str], Column]] = {
+    "eq": lambda c, v: c == v,
+    "not_eq": lambda c, v: c != v,
+    "contain": lambda c, v: c.contains(v),
+    "not_contain": lambda c, v: ~c.contains(v),
+    "start_with": lambda c, v: c.startswith(v),
+    "not_start_with": lambda c, v: ~c.startswith(v),
+    "end_with": lambda c, v: c.endswith(v),
+    "not_end_with": lambda c, v: ~c.endswith(v),
+    # The reference uses Java's String.matches: the whole value must match.
+    "match": lambda c, v: c.rlike(f"^(?:{v})$"),
+    "not_match": lambda c, v: ~c.rlike(f"^(?:{v})$"),
+}
+LIST_OPS = ("in", "not_in")
+REFERRAL_CATEGORIES = ("Social", "Video", "Shopping", "Referral")
+
+_SCHEME = r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://)?"
+
+
+# ---------------------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class CategoryRule:
+    url: str
+    source: str
+    category: str
+    params: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChannelRule:
+    channel: str
+    condition: dict[str, Any]
+
+
+def parse_category_rules(data: Any, where: str) -> list[CategoryRule]:
+    if not isinstance(data, list):
+        raise PluginError(f"{where}: expected a JSON array of category rules")
+    rules = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("url", "source", "category")):
+            raise PluginError(f"{where}: rule {i} needs string url, source and category")
+        params = item.get("params") or []
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            raise PluginError(f"{where}: rule {i} ({item['url']}): params must be a list of strings")
+        rules.append(CategoryRule(item["url"], item["source"], item["category"], tuple(params)))
+    return rules
+
+
+def parse_channel_rules(data: Any, where: str, check_regex: Callable[[str], None] | None = None) -> list[ChannelRule]:
+    if not isinstance(data, list):
+        raise PluginError(f"{where}: expected a JSON array of channel rules")
+    rules = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
+            raise PluginError(f"{where}: rule {i} needs a string channel")
+        name = f"{where}: rule {item.get('id', i)} ({item['channel']})"
+        _validate_condition(item.get("condition"), name, check_regex)
+        rules.append(ChannelRule(item["channel"], item["condition"]))
+    return rules
+
+
+def _validate_condition(node: Any, where: str, check_regex: Callable[[str], None] | None) -> None:
+    if not isinstance(node, dict):
+        raise PluginError(f"{where}: a condition must be an object")
+    groups = [k for k in ("op::and", "op::or") if k in node]
+    if "field" in node:
+        if groups:
+            raise PluginError(f"{where}: a condition has either a field or op::and/op::or, not both")
+        field, op = node.get("field"), node.get("op")
+        if field not in RULE_FIELDS:
+            raise PluginError(f"{where}: unknown field {field!r} (known: {', '.join(RULE_FIELDS)})")
+        if op in LIST_OPS:
+            values = node.get("values")
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+                raise PluginError(f"{where}: {field} {op} needs a non-empty list of strings in values")
+        elif op in VALUE_OPS:
+            if not isinstance(node.get("value"), str):
+                raise PluginError(f"{where}: {field} {op} needs a string value")
+            if op.endswith("match") and check_regex:
+                try:
+                    check_regex(node["value"].lower())
+                except Exception as exc:  # the JVM's PatternSyntaxException arrives as a Py4J error
+                    raise PluginError(f"{where}: {node['value']!r} is not a valid regular expression ({exc})") from None
+        else:
+            raise PluginError(f"{where}: unknown op {op!r}")
+        return
+    if len(groups) != 1:
+        raise PluginError(f"{where}: a condition needs exactly one of field, op::and, op::or")
+    items = node[groups[0]]
+    if not isinstance(items, list) or not items:
+        raise PluginError(f"{where}: {groups[0]} needs a non-empty list")
+    for item in items:
+        _validate_condition(item, where, check_regex)
+
+
+def _rule_value(value: str) -> str:
+    # Both sides are compared in lower case; the empty flag stands for null or "".
+    return "" if value == EMPTY_FLAG else value.lower()
+
+
+def compile_condition(node: dict[str, Any], fields: dict[str, Column]) -> Column:
+    """A validated condition tree as a never-null boolean Column over lower-cased, null-as-"" fields."""
+    if "field" in node:
+        actual = fields[node["field"]]
+        if node["op"] in LIST_OPS:
+            hit = actual.isin([_rule_value(v) for v in node["values"]])
+            return hit if node["op"] == "in" else ~hit
+        return VALUE_OPS[node["op"]](actual, _rule_value(node["value"]))
+    if "op::and" in node:
+        return functools.reduce(lambda a, b: a & b, (compile_condition(n, fields) for n in node["op::and"]))
+    return functools.reduce(lambda a, b: a | b, (compile_condition(n, fields) for n in node["op::or"]))
+
+
+def channel_column(rules: list[ChannelRule], fields: dict[str, Column]) -> Column:
+    """The first rule whose condition holds wins."""
+    expr = None
+    for rule in rules:
+        cond = compile_condition(rule.condition, fields)
+        expr = F.when(cond, F.lit(rule.channel)) if expr is None else expr.when(cond, F.lit(rule.channel))
+    return F.lit(UNASSIGNED) if expr is None else expr.otherwise(F.lit(UNASSIGNED))
+
+
+def _fields_used(node: dict[str, Any]) -> set[str]:
+    if "field" in node:
+        return {node["field"]}
+    return set().union(*(_fields_used(n) for n in node.get("op::and", node.get("op::or", []))))
+
+
+def _bundled(name: str) -> Any:
+    return json.loads(resources.files("clickstream_etl").joinpath("rules", name).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class RuleSets:
+    """Rules by rule-set key: DEFAULT_SET for the bundled files, an app id for that app's own files."""
+
+    category: dict[str, list[CategoryRule]]
+    channel: dict[str, list[ChannelRule]]
+
+
+# ---------------------------------------------------------------------------------- url helpers
+def _blank_null(col: Column) -> Column:
+    return F.when(col != "", col)
+
+
+def url_host(url: Column) -> Column:
+    """Host of an absolute or scheme-less url, without user info and port; lenient about bad characters."""
+    return _blank_null(F.regexp_extract(url, _SCHEME + r"(?:[^/?#@]*@)?([^/?#:]*)", 1))
+
+
+def url_path(url: Column) -> Column:
+    return F.regexp_extract(url, _SCHEME + r"[^/?#]*([^?#]*)", 1)
+
+
+def url_query(url: Column) -> Column:
+    return _blank_null(F.regexp_extract(url, r"^[^?#]*\?([^#]*)", 1))
+
+
+def utm_query(url: Column) -> Column:
+    """The query of a url that can carry utm parameters or a click id, else null (most urls: no regex)."""
+    return F.when(url.contains("utm_") | url.contains("clid"), url_query(url))
+
+
+UTM_PARAMS = {
+    "source": "utm_source",
+    "medium": "utm_medium",
+    "campaign": "utm_campaign",
+    "content": "utm_content",
+    "term": "utm_term",
+    "campaign_id": "utm_id",
+    "clid_platform": "utm_source_platform",
+}
+# One pass over the query collects every parameter the utm reading needs, in url order.
+_KEYS = r"(?:^|&)(" + "|".join([*UTM_PARAMS.values(), "gclid"]) + r")=([^&]*)"
+_CLID = r"(?:^|&)([^&=]*clid)=([^&]+)"  # the first key ending in clid that has a value
+
+
+def utm_arrays(query: Column) -> Column:
+    """struct(keys, values, clid_key, clid_value) of a utm query, read once."""
+    has_clid = query.contains("clid")
+    return F.struct(
+        F.regexp_extract_all(query, F.lit(_KEYS), F.lit(1)).alias("keys"),
+        F.regexp_extract_all(query, F.lit(_KEYS), F.lit(2)).alias("values"),
+        F.when(has_clid, _blank_null(F.regexp_extract(query, _CLID, 1))).alias("clid_key"),
+        F.when(has_clid, _blank_null(F.regexp_extract(query, _CLID, 2))).alias("clid_value"),
+    )
+
+
+def utm_struct(arrays: Column) -> Column:
+    """The reference's utm reading of one url from utm_arrays: struct of FIELDS.
+
+    The first value of a key counts. A click id without utm_source gives the source (gclid:
+    Google, else the key's name) and the medium (CPC)."""
+
+    def param(key: str) -> Column:
+        return _blank_null(F.get(arrays["values"], (F.array_position(arrays["keys"], key) - 1).cast("int")))
+
+    gclid = param("gclid")
+    source, medium = param("utm_source"), param("utm_medium")
+    clid_type = F.when(gclid.isNotNull(), F.lit("gclid")).otherwise(arrays["clid_key"])
+    clid_value = F.coalesce(gclid, arrays["clid_value"])
+    implied = source.isNull() & clid_type.isNotNull()
+    fields = {name: param(key) for name, key in UTM_PARAMS.items()}
+    fields["source"] = F.when(implied, F.when(gclid.isNotNull(), F.lit("Google")).otherwise(clid_type)).otherwise(
+        source
+    )
+    fields["medium"] = F.when(implied & medium.isNull(), F.lit("(CPC)")).otherwise(medium)
+    fields["clid"] = F.when(
+        clid_type.isNotNull(), F.to_json(F.struct(clid_type.alias("type"), clid_value.alias("value")))
+    )
+    return F.struct(*(fields[f].alias(f) for f in FIELDS))
+
+
+def _normalised(utm: Column) -> Column:
+    """Blank -> null; `Direct` (any case) is no source/medium/campaign and `{}` no clid, as in the reference."""
+
+    def norm(name: str) -> Column:
+        value = utm[name]
+        if name in ("source", "medium", "campaign"):
+            keep = ~F.lower(value).isin("", DIRECT.lower())
+        elif name == "clid":
+            keep = ~F.trim(value).isin("", "{}")
+        else:
+            keep = value != ""
+        return F.when(keep, value).alias(name)
+
+    return F.struct(*(norm(f) for f in FIELDS))
+
+
+def _terms_regex(params: tuple[str, ...]) -> str | None:
+    if not params:
+        return None
+    keys = "|".join(r"\Q" + p.replace(r"\E", r"\E\\E\Q") + r"\E" for p in params)
+    return rf"(?:^|&)(?:{keys})=([^&]*)"
+
+
+def _whole_url_rule(url: str) -> bool:
+    """A rule url only the reference's first two forms (whole url, url without scheme) can match.
+
+    Other urls are found by host+path or host whenever those two forms find them, so joining on
+    the whole url is only needed for rule sets that have such urls."""
+    return any(s in url for s in ("://", "?", "#", "@", ":")) or url.endswith("/")
+
+
+@dataclass(frozen=True)
+class LookupRows:
+    host: list[tuple]  # rule urls without a path, plus www. aliases
+    path: list[tuple]  # rule urls with a path, plus www. aliases
+    whole: list[tuple]  # rule urls of _whole_url_rule, exact only
+
+
+def lookup_rows(category: dict[str, list[CategoryRule]]) -> LookupRows:
+    """Rows (rule set, key, source, category, terms regex, exact) of the url lookups.
+
+    An alias `www.<url>` stands for the reference's "host without www." forms: host `www.x.com`
+    finds rule `x.com` through it unless a rule `www.x.com` exists. Aliases are flagged so that a
+    host match can outrank an alias path match, as in the reference's order."""
+    out = LookupRows([], [], [])
+    for key, items in category.items():
+        by_url = {}
+        for r in items:  # the reference keeps the last rule of a url
+            by_url[r.url.lower()] = r
+        for url, r in by_url.items():
+            values = (r.source, r.category, _terms_regex(r.params))
+            target = out.path if "/" in url else out.host
+            target.append((key, url, *values, True))
+            if "www." + url not in by_url:
+                target.append((key, "www." + url, *values, False))
+            if _whole_url_rule(url):
+                out.whole.append((key, url, *values, True))
+    return out
+
+
+_MATCH_TYPE = "struct<source:string,category:string,terms_re:string,exact:boolean>"
+
+
+def chain_lookup(rule_set: Column, key: Column, rows: list[tuple]) -> Column:
+    """A lookup over few rows (path and whole-url rules) without a join: a hashed IN gates a
+    CASE WHEN that is only evaluated for the rare key that is a rule url."""
+    if not rows:
+        return F.lit(None).cast(_MATCH_TYPE)
+    chain = None
+    for rs, url, source, category, terms_re, exact in rows:
+        cond = (rule_set == rs) & (key == url)
+        value = F.struct(
+            F.lit(source).alias("source"),
+            F.lit(category).alias("category"),
+            F.lit(terms_re).cast("string").alias("terms_re"),
+            F.lit(exact).alias("exact"),
+        )
+        chain = F.when(cond, value) if chain is None else chain.when(cond, value)
+    return F.when(key.isin(sorted({r[1] for r in rows})), chain)
+
+
+def source_category(rule_set: Column, source: Column, category: dict[str, list[CategoryRule]]) -> Column:
+    """Category of a source name (the reference's last rule of that source wins), by hashed IN per category."""
+
+    def chain(items: list[CategoryRule]) -> Column:
+        by_source = {r.source: r.category for r in items}
+        expr = None
+        for cat in sorted(set(by_source.values())):
+            hit = source.isin(sorted(s for s, c in by_source.items() if c == cat))
+            expr = F.when(hit, F.lit(cat)) if expr is None else expr.when(hit, F.lit(cat))
+        return F.lit(None).cast("string") if expr is None else expr
+
+    out = chain(category[DEFAULT_SET])
+    for key, items in sorted(category.items(), reverse=True):
+        if key != DEFAULT_SET:
+            out = F.when(rule_set == key, chain(items)).otherwise(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------- enricher
+class TrafficSourceEnricher(Enricher):
+    """Fills the traffic_source_* columns the client did not send (reference-system.md §4.5)."""
+
+    parameters = {
+        # Folder of per-app rule files <rules_dir>/<app_id>/traffic_source_{category,channel}_rule_v1.json
+        # (local or s3://); overrides the run's rules dir. Apps without files use the bundled rules.
+        "rules_dir": None,
+    }
+
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self._rules: RuleSets | None = None
+
+    # -- rule loading (driver, once) --------------------------------------------------------------
+    def rule_sets(self) -> RuleSets:
+        if self._rules is None:
+            self._rules = self._load()
+        return self._rules
+
+    def _load(self) -> RuleSets:
+        spark = self.context.spark if self.context else None
+        check_regex = None
+        if spark is not None:
+            check_regex = spark.sparkContext._jvm.java.util.regex.Pattern.compile
+        category = {DEFAULT_SET: parse_category_rules(_bundled(CATEGORY_FILE), f"bundled {CATEGORY_FILE}")}
+        channel = {DEFAULT_SET: parse_channel_rules(_bundled(CHANNEL_FILE), f"bundled {CHANNEL_FILE}", check_regex)}
+        rules_dir = self.params.get("rules_dir") or (self.context.rules_dir if self.context else None)
+        if rules_dir and spark is not None:
+            storage = Storage(spark)
+            app_ids = self.context.app_ids
+            if app_ids is None:
+                app_ids = sorted(d.rstrip("/").rsplit("/", 1)[-1] for d in storage.list_dirs(rules_dir))
+            for app in app_ids:
+                cat_path = path_join(rules_dir, app, CATEGORY_FILE)
+                data = storage.read_json(cat_path)
+                if data is not None:
+                    category[app] = parse_category_rules(data, cat_path)
+                chan_path = path_join(rules_dir, app, CHANNEL_FILE)
+                data = storage.read_json(chan_path)
+                if data is not None:
+                    channel[app] = parse_channel_rules(data, chan_path, check_regex)
+        return RuleSets(category, channel)
+
+    # -- transform -------------------------------------------------------------------------------
+    def transform(self, df: DataFrame) -> DataFrame:
+        # Few operators on purpose: event rows are wider than Spark's whole-stage codegen limit,
+        # so every projection or join copies the whole row.
+        rules = self.rule_sets()
+        original = df.columns
+        app = F.col("app_id")
+        keep = [F.col(c) for c in original]
+        col = F.col
+
+        def set_key(own: Iterable[str]) -> Column:
+            apps = sorted(k for k in own if k != DEFAULT_SET)
+            return F.when(app.isin(apps), app).otherwise(F.lit(DEFAULT_SET)) if apps else F.lit(DEFAULT_SET)
+
+        page_url = col("page_view_page_url")
+        pref, lref = _blank_null(col("page_view_page_referrer")), _blank_null(col("page_view_latest_referrer"))
+        lref_host = url_host(lref)
+        inputs = {
+            **{f"_ts_cs_{f}": _blank_null(col(f"traffic_source_{f}")) for f in FIELDS},
+            "_ts_cs_category": _blank_null(col("traffic_source_category")),
+            "_ts_cs_channel_group": _blank_null(col("traffic_source_channel_group")),
+            "_ts_page_host": F.lower(F.coalesce(_blank_null(col("page_view_hostname")), url_host(page_url))),
+            "_ts_pref": pref,
+            "_ts_lref": lref,
+            "_ts_pref_host": url_host(pref),
+            "_ts_lref_host": lref_host,
+            # As the event's own column: the host the client sent, else the url's.
+            "_ts_lhost": F.coalesce(_blank_null(col("page_view_latest_referrer_host")), lref_host),
+            "_ts_q_page": utm_query(page_url),
+            "_ts_q_lref": utm_query(lref),
+            "_ts_q_pref": utm_query(pref),
+            "_ts_cset": set_key(rules.category),
+            "_ts_hset": set_key(rules.channel),
+        }
+        df = df.select(*keep, *(v.alias(k) for k, v in inputs.items()))
+        temp = list(inputs)
+
+        # Step 3: the referrer, internal ones (same host as the page) skipped; its lookup keys.
+        same = lambda host: F.coalesce(col("_ts_page_host") == F.lower(host), F.lit(False))  # noqa: E731
+        use_latest = col("_ts_lref").isNotNull() & ~same(col("_ts_lhost"))
+        use_page = col("_ts_pref").isNotNull() & ~same(col("_ts_pref_host"))
+        ref = F.when(use_latest, col("_ts_lref")).when(use_page, col("_ts_pref"))
+        # The category lookup parses the referrer's own url; a host the client sent is not used there.
+        r_host = F.lower(F.when(use_latest, col("_ts_lref_host")).when(use_page, col("_ts_pref_host")))
+        path = url_path(ref)
+        refs = {
+            **{f"_ts_a_{n}": utm_arrays(col(f"_ts_q_{n}")) for n in ("page", "lref", "pref")},
+            "_ts_ref": ref,
+            "_ts_ref_host": F.when(use_latest, col("_ts_lhost")).when(use_page, col("_ts_pref_host")),
+            "_ts_r_host": F.when(use_latest, col("_ts_lref_host")).when(use_page, col("_ts_pref_host")),
+            "_ts_k_host": r_host,
+            "_ts_k_path": F.when(r_host.isNotNull() & (path != "") & (path != "/"), F.lower(F.concat(r_host, path))),
+            "_ts_from_internal": F.when(col("_ts_lref").isNotNull(), same(col("_ts_lhost")))
+            .when(col("_ts_pref").isNotNull(), same(col("_ts_pref_host")))
+            .otherwise(F.lit(False)),
+        }
+        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in refs.items()))
+        temp += list(refs)
+
+        lookups = lookup_rows(rules.category)
+        host_table = self.context.spark.createDataFrame(
+            lookups.host, "rs string, url string, source string, category string, terms_re string, exact boolean"
+        ).select(
+            col("rs").alias("_ts_j_rs"),
+            col("url").alias("_ts_j_url"),
+            F.struct("source", "category", "terms_re", "exact").alias("_ts_m_host"),
+        )
+        cond = (col("_ts_cset") == col("_ts_j_rs")) & (col("_ts_k_host") == col("_ts_j_url"))
+        df = df.join(F.broadcast(host_table), cond, "left")
+        temp.append("_ts_m_host")
+
+        # Steps 1-2: the utm parameters. Client values first (any field the client sent wins over
+        # the page url's), then the referrers' urls when there is still no source.
+        page_utm = utm_struct(col("_ts_a_page"))
+        sent = F.struct(*(col(f"_ts_cs_{f}").alias(f) for f in FIELDS))
+        seed = F.when(col("_ts_cs_source").isNotNull(), sent).otherwise(
+            F.struct(*(F.coalesce(col(f"_ts_cs_{f}"), page_utm[f]).alias(f) for f in FIELDS))
+        )
+        # Most specific url form first: whole url, without scheme, host+path, host, www-less forms.
+        found = col("_ts_r_host").isNotNull()
+        ref = col("_ts_ref")
+        mh = col("_ts_m_host")
+        mp = chain_lookup(col("_ts_cset"), col("_ts_k_path"), lookups.path)
+        match = F.when(mp["exact"], mp).when(mh.isNotNull(), mh).otherwise(mp)
+        if lookups.whole:
+            whole_url = chain_lookup(col("_ts_cset"), F.when(found, F.lower(ref)), lookups.whole)
+            rest = F.when(found & ref.contains("://"), F.lower(F.substr(ref, F.instr(ref, "://") + 3)))
+            match = F.coalesce(whole_url, chain_lookup(col("_ts_cset"), rest, lookups.whole), match)
+        stage = {
+            "_ts_seed": _normalised(seed),
+            "_ts_utm_lref": utm_struct(col("_ts_a_lref")),
+            "_ts_utm_pref": utm_struct(col("_ts_a_pref")),
+            "_ts_match": match,
+        }
+        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
+        temp += list(stage)
+
+        m = col("_ts_match")
+        values = F.regexp_extract_all(url_query(ref), m["terms_re"], F.lit(1))
+        terms = _blank_null(F.array_join(F.array_sort(F.array_distinct(F.array_remove(values, ""))), ","))
+        seed, latest_utm = col("_ts_seed"), col("_ts_utm_lref")
+        utm = _normalised(
+            F.when(seed["source"].isNotNull(), seed)
+            .when(latest_utm["source"].isNotNull(), latest_utm)
+            .otherwise(col("_ts_utm_pref"))
+        )
+        stage = {
+            **{f"_ts_u_{f}": utm[f] for f in FIELDS},
+            "_ts_terms": F.when(m["terms_re"].isNotNull(), terms),
+            "_ts_cat0": F.when(found, F.coalesce(m["category"], F.lit(UNASSIGNED))),
+            "_ts_m_source": F.when(found, F.coalesce(m["source"], col("_ts_r_host"))),
+        }
+        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
+        temp += list(stage)
+        source1 = F.coalesce(col("_ts_u_source"), col("_ts_m_source"))
+        term1 = F.coalesce(col("_ts_u_term"), col("_ts_terms"))
+
+        # Step 4: category of the source name when the referrer gave none.
+        cat0 = col("_ts_cat0")
+        by_source = source1.isNotNull() & (cat0.isNull() | (cat0 == UNASSIGNED))
+        cat1 = F.when(by_source, source_category(col("_ts_cset"), source1, rules.category)).otherwise(cat0)
+        stage = {"_ts_source1": source1, "_ts_term1": term1, "_ts_cat1": cat1}
+        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
+        temp += list(stage)
+        source1, cat1 = col("_ts_source1"), col("_ts_cat1")
+        used = set()
+        for items in rules.channel.values():
+            for rule in items:
+                used |= _fields_used(rule.condition)
+        # The rules see "no category" where the category is Unassigned.
+        actual = {f: col(c) for f, c in RULE_FIELDS.items()} | {
+            "traffic_source_category": F.when(cat1 != UNASSIGNED, cat1)
+        }
+        lowered = {f"_ts_f_{f}": F.lower(F.coalesce(actual[f], F.lit(""))) for f in sorted(used)}
+        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in lowered.items()))
+
+        # Step 5: channel group, per rule set.
+        fields = {f: col(f"_ts_f_{f}") for f in used}
+        channel = channel_column(rules.channel[DEFAULT_SET], fields)
+        for key, items in sorted(rules.channel.items(), reverse=True):
+            if key != DEFAULT_SET:
+                channel = F.when(col("_ts_hset") == key, channel_column(items, fields)).otherwise(channel)
+
+        # Step 6: Direct, Unassigned and the inferred medium.
+        has_ref = col("_ts_ref").isNotNull()
+        source2 = F.coalesce(source1, F.when(has_ref, col("_ts_ref_host")))
+        internal = col("_ts_from_internal")
+        inferred = (
+            F.when(col("_ts_u_clid").isNotNull(), F.lit("(CPC)"))
+            .when(cat1 == "Search", F.lit("(Organic)"))
+            .when(cat1.isin(*REFERRAL_CATEGORIES), F.lit("(Referral)"))
+        )
+        no_referrer = col("_ts_pref").isNull() & col("_ts_lref").isNull()
+        computed = {
+            "source": F.coalesce(source2, F.lit(DIRECT)),
+            "medium": F.coalesce(
+                col("_ts_u_medium"),
+                F.when(cat1.isNotNull(), inferred),
+                F.when(no_referrer | internal, F.lit(NONE_MEDIUM)).otherwise(F.lit("(Referral)")),
+            ),
+            "campaign": F.when(source1.isNull() & ~has_ref, F.lit(DIRECT)).otherwise(col("_ts_u_campaign")),
+            "content": col("_ts_u_content"),
+            "term": col("_ts_term1"),
+            "campaign_id": col("_ts_u_campaign_id"),
+            "clid_platform": col("_ts_u_clid_platform"),
+            "clid": col("_ts_u_clid"),
+            "category": F.when(source2.isNull(), F.lit(DIRECT)).otherwise(F.coalesce(cat1, F.lit(UNASSIGNED))),
+            "channel_group": F.when(
+                source2.isNull(), F.when(internal, F.lit(INTERNAL)).otherwise(F.lit(DIRECT))
+            ).otherwise(channel),
+        }
+        # What the client sent is kept; the computed values fill the rest.
+        out = {f"traffic_source_{k}": F.coalesce(col(f"_ts_cs_{k}"), v) for k, v in computed.items()}
+        return df.select(*(out[c].alias(c) if c in out else col(c) for c in original))
