@@ -98,7 +98,7 @@ def test_web_sdk_recordings_map_every_event(spark, tmp_path):
                 assert row["custom_parameters"][key] == {
                     "value": str(value).lower() if kind == "boolean" else str(value),
                     "type": kind,
-                }  # noqa: E501
+                }
         info = row["process_info"]
         assert info["rid"] == f"{req['seq']:032x}"
         assert info["source_ip"] == "203.0.113.7"
@@ -136,7 +136,7 @@ def test_reference_raw_fixtures(spark, tmp_path):
         for f in ("zip_data_app1.json", "none_zip_data_app2.json")
         for x in (ref / f).read_text().splitlines()
         if x.strip()
-    ]  # noqa: E501
+    ]
     write_object(tmp_path / "raw", lines, T0)
     report = etl(spark, tmp_path, start="0", end=str(T0 + 1))
     # app1's events happened seven months before they arrived: too late for the 72 h window.
@@ -203,11 +203,11 @@ def test_rerun_of_a_window_replaces_its_output(spark, tmp_path):
     first = etl(spark, tmp_path, start="0", end=str(T0 + 1))
     files_before = sorted(
         p.relative_to(tmp_path) for p in (tmp_path / "ods").rglob("*.parquet") if "_etl" not in p.parts
-    )  # noqa: E501
+    )
     second = etl(spark, tmp_path, start="0", end=str(T0 + 1))
     files_after = sorted(
         p.relative_to(tmp_path) for p in (tmp_path / "ods").rglob("*.parquet") if "_etl" not in p.parts
-    )  # noqa: E501
+    )
     assert first.good == second.good == 15 and second.bad == {}  # not "duplicate": its own output
     assert files_before == files_after
     assert len(table(tmp_path / "ods", "event_v2")) == 15
