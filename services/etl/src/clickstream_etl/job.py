@@ -180,13 +180,21 @@ def run(
             event_allow_list=tuple(config.event_allow_list) or None,
         )
         events = validate.apply(events, checks)
-        for enricher in enrichers:
-            events = enricher.transform(events)
-        # The payload (about 1 KB an event) is kept only for rows already rejected: the cache is
+        # The payload (about 1 KB an event) is kept only for rows already rejected: the caches are
         # read by every later stage. A duplicate found later names the request of the copy kept.
         events = events.withColumn(C.PAYLOAD, F.when(F.col(C.BAD_REASON).isNotNull(), F.col(C.PAYLOAD)))
+        # Cached before the enrichers (they look up distinct user agents and addresses of it) and
+        # after them (every table, the dedup and the counts read the enriched rows).
+        base = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
+        cached.append(base)
+        events = base
+        for enricher in enrichers:
+            events = enricher.transform(events)
         events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(events)
+        events.count()  # fills the cache (and the one before the enrichers)
+        if enrichers:
+            base.unpersist()
 
         progress.stage("dedup")
         existing = _existing_ids(

@@ -259,11 +259,12 @@ def utm_arrays(query: Column) -> Column:
     )
 
 
-def utm_struct(arrays: Column) -> Column:
-    """The reference's utm reading of one url from utm_arrays: struct of FIELDS.
+def utm_fields(arrays: Column) -> dict[str, Column]:
+    """The reference's utm reading of one url from utm_arrays: FIELDS -> Column.
 
     The first value of a key counts. A click id without utm_source gives the source (gclid:
-    Google, else the key's name) and the medium (CPC)."""
+    Google, else the key's name) and the medium (CPC). Plain columns, not a struct: a struct's
+    field would drag the whole struct's expression into every use."""
 
     def param(key: str) -> Column:
         return _blank_null(F.get(arrays["values"], (F.array_position(arrays["keys"], key) - 1).cast("int")))
@@ -281,23 +282,18 @@ def utm_struct(arrays: Column) -> Column:
     fields["clid"] = F.when(
         clid_type.isNotNull(), F.to_json(F.struct(clid_type.alias("type"), clid_value.alias("value")))
     )
-    return F.struct(*(fields[f].alias(f) for f in FIELDS))
+    return fields
 
 
-def _normalised(utm: Column) -> Column:
+def normalised(name: str, value: Column) -> Column:
     """Blank -> null; `Direct` (any case) is no source/medium/campaign and `{}` no clid, as in the reference."""
-
-    def norm(name: str) -> Column:
-        value = utm[name]
-        if name in ("source", "medium", "campaign"):
-            keep = ~F.lower(value).isin("", DIRECT.lower())
-        elif name == "clid":
-            keep = ~F.trim(value).isin("", "{}")
-        else:
-            keep = value != ""
-        return F.when(keep, value).alias(name)
-
-    return F.struct(*(norm(f) for f in FIELDS))
+    if name in ("source", "medium", "campaign"):
+        keep = ~F.lower(value).isin("", DIRECT.lower())
+    elif name == "clid":
+        keep = ~F.trim(value).isin("", "{}")
+    else:
+        keep = value != ""
+    return F.when(keep, value)
 
 
 def _terms_regex(params: tuple[str, ...]) -> str | None:
@@ -500,11 +496,14 @@ class TrafficSourceEnricher(Enricher):
 
         # Steps 1-2: the utm parameters. Client values first (any field the client sent wins over
         # the page url's), then the referrers' urls when there is still no source.
-        page_utm = utm_struct(col("_ts_a_page"))
-        sent = F.struct(*(col(f"_ts_cs_{f}").alias(f) for f in FIELDS))
-        seed = F.when(col("_ts_cs_source").isNotNull(), sent).otherwise(
-            F.struct(*(F.coalesce(col(f"_ts_cs_{f}"), page_utm[f]).alias(f) for f in FIELDS))
-        )
+        page = utm_fields(col("_ts_a_page"))
+        client_source = col("_ts_cs_source").isNotNull()
+        stage = {}
+        for f in FIELDS:
+            seed = F.coalesce(col(f"_ts_cs_{f}"), F.when(~client_source, page[f]))
+            stage[f"_ts_seed_{f}"] = normalised(f, seed)
+        for n in ("lref", "pref"):
+            stage.update({f"_ts_{n}_{f}": v for f, v in utm_fields(col(f"_ts_a_{n}")).items()})
         # Most specific url form first: whole url, without scheme, host+path, host, www-less forms.
         found = col("_ts_r_host").isNotNull()
         ref = col("_ts_ref")
@@ -515,30 +514,28 @@ class TrafficSourceEnricher(Enricher):
             whole_url = chain_lookup(col("_ts_cset"), F.when(found, F.lower(ref)), lookups.whole)
             rest = F.when(found & ref.contains("://"), F.lower(F.substr(ref, F.instr(ref, "://") + 3)))
             match = F.coalesce(whole_url, chain_lookup(col("_ts_cset"), rest, lookups.whole), match)
-        stage = {
-            "_ts_seed": _normalised(seed),
-            "_ts_utm_lref": utm_struct(col("_ts_a_lref")),
-            "_ts_utm_pref": utm_struct(col("_ts_a_pref")),
-            "_ts_match": match,
-        }
+        stage["_ts_match"] = match
         df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
         temp += list(stage)
 
         m = col("_ts_match")
         values = F.regexp_extract_all(url_query(ref), m["terms_re"], F.lit(1))
         terms = _blank_null(F.array_join(F.array_sort(F.array_distinct(F.array_remove(values, ""))), ","))
-        seed, latest_utm = col("_ts_seed"), col("_ts_utm_lref")
-        utm = _normalised(
-            F.when(seed["source"].isNotNull(), seed)
-            .when(latest_utm["source"].isNotNull(), latest_utm)
-            .otherwise(col("_ts_utm_pref"))
+        stage = {}
+        for f in FIELDS:
+            chosen = (
+                F.when(col("_ts_seed_source").isNotNull(), col(f"_ts_seed_{f}"))
+                .when(col("_ts_lref_source").isNotNull(), col(f"_ts_lref_{f}"))
+                .otherwise(col(f"_ts_pref_{f}"))
+            )
+            stage[f"_ts_u_{f}"] = normalised(f, chosen)
+        stage.update(
+            {
+                "_ts_terms": F.when(m["terms_re"].isNotNull(), terms),
+                "_ts_cat0": F.when(found, F.coalesce(m["category"], F.lit(UNASSIGNED))),
+                "_ts_m_source": F.when(found, F.coalesce(m["source"], col("_ts_r_host"))),
+            }
         )
-        stage = {
-            **{f"_ts_u_{f}": utm[f] for f in FIELDS},
-            "_ts_terms": F.when(m["terms_re"].isNotNull(), terms),
-            "_ts_cat0": F.when(found, F.coalesce(m["category"], F.lit(UNASSIGNED))),
-            "_ts_m_source": F.when(found, F.coalesce(m["source"], col("_ts_r_host"))),
-        }
         df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
         temp += list(stage)
         source1 = F.coalesce(col("_ts_u_source"), col("_ts_m_source"))
