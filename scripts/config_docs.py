@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from clickstream_core.settings import describe
+from clickstream_etl.config import EtlConfig
 from ingest_proxy.config import ProxyConfig
 from ingest_worker.config import WorkerConfig
 from ingest_worker.sinks.kafka import KafkaSinkConfig
@@ -44,6 +45,7 @@ SECTIONS = [
     ("kinesis-s3-sink", SinkConfig),
     ("kinesis-s3-sink, Kinesis source (`SOURCE=kinesis`)", KinesisSourceConfig),
     ("kinesis-s3-sink, Kafka source (`SOURCE=kafka`)", KafkaSourceConfig),
+    ("etl (`clickstream-etl run`; flags override these)", EtlConfig),
 ]
 
 
