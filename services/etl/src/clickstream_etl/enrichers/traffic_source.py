@@ -2,9 +2,10 @@
 
 Behaviour follows the reference's rule-based traffic-source helper (reference-system.md §4.5):
 
-1. The utm parameters come from what the client sent (`_traffic_source_*`, `_utm_*`, `_gclid`),
-   otherwise from the page url. A click id without `utm_source` implies the source (`gclid` ->
-   Google, any other `*clid` -> its own name) and the medium `(CPC)`.
+1. The utm parameters are what the client sent (`_traffic_source_*`, `_utm_*`, `_gclid`, already
+   in the traffic_source_* columns). Without a sent source they come from the page url, a field
+   the client did send still winning. A click id without `utm_source` implies the source (`gclid`
+   -> Google, any other `*clid` key -> its own name) and the medium `(CPC)`.
 2. Still no source: the utm parameters of the latest referrer's url replace them, else those of
    the page referrer (all of them, as the reference does, even when only the source was missing).
 3. The referrer to classify is the latest referrer, else the page referrer; one on the page's own
@@ -19,13 +20,16 @@ Behaviour follows the reference's rule-based traffic-source helper (reference-sy
    `(Organic)` for Search, `(Referral)` for Social/Video/Shopping/Referral, else `(Referral)` when
    there was an external referrer and `None` otherwise.
 
+Values the client sent are never replaced; the computed ones only fill the gaps (the reference
+leaves gaps beside a sent source empty and overwrites a sent category or channel).
+
 One deliberate difference: the channel rules see the medium before step 6's inference. The
-reference evaluates them after it, which with the v1 rule files (Organic Search wants a blank or
-`organic` medium) sends every search referrer to `Unassigned`, contradicting its own tests.
-Values the client sent are never replaced; the computed ones only fill the gaps.
+reference evaluates them after it; with the v1 rule files (Organic Search wants a blank or
+`organic` medium) that would put every search referrer in `Unassigned`, while the reference's own
+tests expect `(Organic)` / Organic Search.
 
 Everything is Spark expressions: the channel rules compile into one CASE WHEN chain per rule set,
-the category lookup is a broadcast join per url form (a join hashes; a literal map would be scanned).
+the url and source-name lookups are constant maps (Spark hashes them; no join, no Python).
 """
 
 from __future__ import annotations
@@ -55,9 +59,9 @@ NONE_MEDIUM = "None"
 EMPTY_FLAG = "__empty__"
 
 FIELDS = ("source", "medium", "campaign", "content", "term", "campaign_id", "clid_platform", "clid")
-OUT_COLUMNS = (*(f"traffic_source_{f}" for f in FIELDS), "traffic_source_category", "traffic_source_channel_group")
 
-# Channel-rule fields -> the internal column holding the value the rules are evaluated against.
+# Channel-rule fields -> the internal column holding the value the rules are evaluated against
+# (source, term and category are overridden with their final expressions in transform).
 RULE_FIELDS = {
     "traffic_source_source": "_ts_source1",
     "traffic_source_medium": "_ts_u_medium",
@@ -67,7 +71,7 @@ RULE_FIELDS = {
     "traffic_source_campaign_id": "_ts_u_campaign_id",
     "traffic_source_clid_platform": "_ts_u_clid_platform",
     "traffic_source_clid": "_ts_u_clid",
-    "traffic_source_category": "_ts_cat1",  # Unassigned counts as none
+    "traffic_source_category": "_ts_cat1",
     "page_view_latest_referrer": "_ts_ref",
     "page_view_latest_referrer_host": "_ts_ref_host",
 }
@@ -86,8 +90,6 @@ VALUE_OPS: dict[str, Callable[[Column, str], Column]] = {
 }
 LIST_OPS = ("in", "not_in")
 REFERRAL_CATEGORIES = ("Social", "Video", "Shopping", "Referral")
-
-_SCHEME = r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://)?"
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -171,24 +173,38 @@ def _rule_value(value: str) -> str:
     return "" if value == EMPTY_FLAG else value.lower()
 
 
-def compile_condition(node: dict[str, Any], fields: dict[str, Column]) -> Column:
-    """A validated condition tree as a never-null boolean Column over lower-cased, null-as-"" fields."""
+def _empty_test(node: dict[str, Any]) -> bool:
+    """A leaf that only asks whether the field is empty (no lower-casing needed)."""
+    if node["op"] in LIST_OPS:
+        return all(_rule_value(v) == "" for v in node["values"])
+    return node["op"] in ("eq", "not_eq") and _rule_value(node["value"]) == ""
+
+
+def compile_condition(node: dict[str, Any], lowered: dict[str, Column], empty: dict[str, Column]) -> Column:
+    """A validated condition tree as a never-null boolean Column.
+
+    `lowered` holds the lower-cased fields with null as "" (for the fields compared by value),
+    `empty` whether each field is null or ""."""
     if "field" in node:
-        actual = fields[node["field"]]
-        if node["op"] in LIST_OPS:
+        field, op = node["field"], node["op"]
+        if _empty_test(node):
+            return empty[field] if op in ("eq", "in") else ~empty[field]
+        actual = lowered[field]
+        if op in LIST_OPS:
             hit = actual.isin([_rule_value(v) for v in node["values"]])
-            return hit if node["op"] == "in" else ~hit
-        return VALUE_OPS[node["op"]](actual, _rule_value(node["value"]))
+            return hit if op == "in" else ~hit
+        return VALUE_OPS[op](actual, _rule_value(node["value"]))
+    parts = [compile_condition(n, lowered, empty) for n in node.get("op::and", node.get("op::or"))]
     if "op::and" in node:
-        return functools.reduce(lambda a, b: a & b, (compile_condition(n, fields) for n in node["op::and"]))
-    return functools.reduce(lambda a, b: a | b, (compile_condition(n, fields) for n in node["op::or"]))
+        return functools.reduce(lambda a, b: a & b, parts)
+    return functools.reduce(lambda a, b: a | b, parts)
 
 
-def channel_column(rules: list[ChannelRule], fields: dict[str, Column]) -> Column:
+def channel_column(rules: list[ChannelRule], lowered: dict[str, Column], empty: dict[str, Column]) -> Column:
     """The first rule whose condition holds wins."""
     expr = None
     for rule in rules:
-        cond = compile_condition(rule.condition, fields)
+        cond = compile_condition(rule.condition, lowered, empty)
         expr = F.when(cond, F.lit(rule.channel)) if expr is None else expr.when(cond, F.lit(rule.channel))
     return F.lit(UNASSIGNED) if expr is None else expr.otherwise(F.lit(UNASSIGNED))
 
@@ -197,6 +213,13 @@ def _fields_used(node: dict[str, Any]) -> set[str]:
     if "field" in node:
         return {node["field"]}
     return set().union(*(_fields_used(n) for n in node.get("op::and", node.get("op::or", []))))
+
+
+def fields_to_lower(node: dict[str, Any]) -> set[str]:
+    """Fields a condition compares by value (the rest it only tests for emptiness)."""
+    if "field" in node:
+        return set() if _empty_test(node) else {node["field"]}
+    return set().union(*(fields_to_lower(n) for n in node.get("op::and", node.get("op::or", []))))
 
 
 def _bundled(name: str) -> Any:
@@ -216,17 +239,34 @@ def _blank_null(col: Column) -> Column:
     return F.when(col != "", col)
 
 
+# Urls are cut with plain string functions, not regular expressions: these run on every row with
+# a referrer, and are lenient where java.net.URI (and Spark's parse_url) give up on a space.
+def _after_scheme(url: Column) -> Column:
+    head = F.substring_index(url, "://", 1)
+    pos = F.instr(url, "://")
+    scheme = (pos > 1) & (F.instr(head, "/") == 0) & (F.instr(head, "?") == 0) & (F.instr(head, "#") == 0)
+    return F.when(scheme, F.substr(url, pos + 3)).otherwise(url)
+
+
+def _authority(after_scheme: Column) -> Column:
+    return F.substring_index(F.substring_index(F.substring_index(after_scheme, "/", 1), "?", 1), "#", 1)
+
+
 def url_host(url: Column) -> Column:
-    """Host of an absolute or scheme-less url, without user info and port; lenient about bad characters."""
-    return _blank_null(F.regexp_extract(url, _SCHEME + r"(?:[^/?#@]*@)?([^/?#:]*)", 1))
+    """Host of an absolute or scheme-less url, without user info and port."""
+    return _blank_null(F.substring_index(F.substring_index(_authority(_after_scheme(url)), "@", -1), ":", 1))
 
 
 def url_path(url: Column) -> Column:
-    return F.regexp_extract(url, _SCHEME + r"[^/?#]*([^?#]*)", 1)
+    after = _after_scheme(url)
+    rest = F.substr(after, F.length(_authority(after)) + 1)
+    return F.substring_index(F.substring_index(rest, "?", 1), "#", 1)
 
 
 def url_query(url: Column) -> Column:
-    return _blank_null(F.regexp_extract(url, r"^[^?#]*\?([^#]*)", 1))
+    """Text between the first `?` and the fragment; null when none."""
+    q, h = F.instr(url, "?"), F.instr(url, "#")
+    return _blank_null(F.when((q > 0) & ((h == 0) | (h > q)), F.substring_index(F.substr(url, q + 1), "#", 1)))
 
 
 def utm_query(url: Column) -> Column:
@@ -288,7 +328,8 @@ def utm_fields(arrays: Column) -> dict[str, Column]:
 def normalised(name: str, value: Column) -> Column:
     """Blank -> null; `Direct` (any case) is no source/medium/campaign and `{}` no clid, as in the reference."""
     if name in ("source", "medium", "campaign"):
-        keep = ~F.lower(value).isin("", DIRECT.lower())
+        # lower() goes through ICU in Spark 4: only for values as long as "Direct".
+        keep = (value != "") & ~((F.length(value) == len(DIRECT)) & (F.lower(value) == DIRECT.lower()))
     elif name == "clid":
         keep = ~F.trim(value).isin("", "{}")
     else:
@@ -306,76 +347,68 @@ def _terms_regex(params: tuple[str, ...]) -> str | None:
 def _whole_url_rule(url: str) -> bool:
     """A rule url only the reference's first two forms (whole url, url without scheme) can match.
 
-    Other urls are found by host+path or host whenever those two forms find them, so joining on
+    Other urls are found by host+path or host whenever those two forms find them, so looking up
     the whole url is only needed for rule sets that have such urls."""
     return any(s in url for s in ("://", "?", "#", "@", ":")) or url.endswith("/")
 
 
 @dataclass(frozen=True)
-class LookupRows:
-    host: list[tuple]  # rule urls without a path, plus www. aliases
-    path: list[tuple]  # rule urls with a path, plus www. aliases
-    whole: list[tuple]  # rule urls of _whole_url_rule, exact only
+class UrlLookups:
+    """Per rule set: lookup key -> (source, category, terms regex, exact)."""
+
+    host: dict[str, dict[str, tuple]]  # rule urls without a path, plus www. aliases
+    path: dict[str, dict[str, tuple]]  # rule urls with a path, plus www. aliases
+    whole: dict[str, dict[str, tuple]]  # rule urls of _whole_url_rule, exact only
 
 
-def lookup_rows(category: dict[str, list[CategoryRule]]) -> LookupRows:
-    """Rows (rule set, key, source, category, terms regex, exact) of the url lookups.
+def url_lookups(category: dict[str, list[CategoryRule]]) -> UrlLookups:
+    """The reference's six url forms as three exact lookups.
 
-    An alias `www.<url>` stands for the reference's "host without www." forms: host `www.x.com`
-    finds rule `x.com` through it unless a rule `www.x.com` exists. Aliases are flagged so that a
-    host match can outrank an alias path match, as in the reference's order."""
-    out = LookupRows([], [], [])
+    An alias `www.<url>` stands for the "host without www." forms: host `www.x.com` finds rule
+    `x.com` through it unless a rule `www.x.com` exists. Aliases are flagged so that a host match
+    can outrank an alias path match, as in the reference's order."""
+    out = UrlLookups({}, {}, {})
     for key, items in category.items():
         by_url = {}
         for r in items:  # the reference keeps the last rule of a url
             by_url[r.url.lower()] = r
+        host, path, whole = out.host.setdefault(key, {}), out.path.setdefault(key, {}), out.whole.setdefault(key, {})
         for url, r in by_url.items():
             values = (r.source, r.category, _terms_regex(r.params))
-            target = out.path if "/" in url else out.host
-            target.append((key, url, *values, True))
+            target = path if "/" in url else host
+            target[url] = (*values, True)
             if "www." + url not in by_url:
-                target.append((key, "www." + url, *values, False))
+                target["www." + url] = (*values, False)
             if _whole_url_rule(url):
-                out.whole.append((key, url, *values, True))
+                whole[url] = (*values, True)
     return out
 
 
 _MATCH_TYPE = "struct<source:string,category:string,terms_re:string,exact:boolean>"
 
 
-def chain_lookup(rule_set: Column, key: Column, rows: list[tuple]) -> Column:
-    """A lookup over few rows (path and whole-url rules) without a join: a hashed IN gates a
-    CASE WHEN that is only evaluated for the rare key that is a rule url."""
-    if not rows:
-        return F.lit(None).cast(_MATCH_TYPE)
-    chain = None
-    for rs, url, source, category, terms_re, exact in rows:
-        cond = (rule_set == rs) & (key == url)
-        value = F.struct(
-            F.lit(source).alias("source"),
-            F.lit(category).alias("category"),
-            F.lit(terms_re).cast("string").alias("terms_re"),
-            F.lit(exact).alias("exact"),
-        )
-        chain = F.when(cond, value) if chain is None else chain.when(cond, value)
-    return F.when(key.isin(sorted({r[1] for r in rows})), chain)
+def _literal_map(entries: dict[str, Any], value_type: str) -> Column:
+    # One JSON literal that the optimizer folds into a constant map: Spark looks keys up in it by
+    # hash, which is cheaper than a join and adds no operator. (Built from F.lit per entry, the
+    # expression would take thousands of Py4J calls.)
+    return F.from_json(F.lit(json.dumps(entries, sort_keys=True)), f"map<string,{value_type}>")
 
 
-def source_category(rule_set: Column, source: Column, category: dict[str, list[CategoryRule]]) -> Column:
-    """Category of a source name (the reference's last rule of that source wins), by hashed IN per category."""
+def lookup(rule_set: Column, key: Column, tables: dict[str, dict[str, Any]], value_type: str) -> Column:
+    """tables[rule set][key] for the row's rule set; null when absent. Tuple values become
+    (source, category, terms_re, exact) structs."""
 
-    def chain(items: list[CategoryRule]) -> Column:
-        by_source = {r.source: r.category for r in items}
-        expr = None
-        for cat in sorted(set(by_source.values())):
-            hit = source.isin(sorted(s for s, c in by_source.items() if c == cat))
-            expr = F.when(hit, F.lit(cat)) if expr is None else expr.when(hit, F.lit(cat))
-        return F.lit(None).cast("string") if expr is None else expr
+    def one(entries: dict[str, Any]) -> Column:
+        if not entries:
+            return F.lit(None).cast(value_type)
+        names = ("source", "category", "terms_re", "exact")
+        data = {k: dict(zip(names, v, strict=True)) if isinstance(v, tuple) else v for k, v in entries.items()}
+        return F.try_element_at(_literal_map(data, value_type), key)
 
-    out = chain(category[DEFAULT_SET])
-    for key, items in sorted(category.items(), reverse=True):
-        if key != DEFAULT_SET:
-            out = F.when(rule_set == key, chain(items)).otherwise(out)
+    out = one(tables.get(DEFAULT_SET, {}))
+    for rs, entries in sorted(tables.items(), reverse=True):
+        if rs != DEFAULT_SET:
+            out = F.when(rule_set == rs, one(entries)).otherwise(out)
     return out
 
 
@@ -391,6 +424,8 @@ class TrafficSourceEnricher(Enricher):
 
     def __init__(self, params=None, context=None):
         super().__init__(params, context)
+        if self.params["rules_dir"] is not None and not isinstance(self.params["rules_dir"], str):
+            raise PluginError(f"{type(self).__name__}: rules_dir must be a path or URI")
         self._rules: RuleSets | None = None
 
     # -- rule loading (driver, once) --------------------------------------------------------------
@@ -401,9 +436,9 @@ class TrafficSourceEnricher(Enricher):
 
     def _load(self) -> RuleSets:
         spark = self.context.spark if self.context else None
-        check_regex = None
-        if spark is not None:
-            check_regex = spark.sparkContext._jvm.java.util.regex.Pattern.compile
+        # Rules are validated with the JVM's own regex engine, the one that will run them.
+        jvm = getattr(getattr(spark, "sparkContext", None), "_jvm", None) if spark is not None else None
+        check_regex = jvm.java.util.regex.Pattern.compile if jvm is not None else None
         category = {DEFAULT_SET: parse_category_rules(_bundled(CATEGORY_FILE), f"bundled {CATEGORY_FILE}")}
         channel = {DEFAULT_SET: parse_channel_rules(_bundled(CHANNEL_FILE), f"bundled {CHANNEL_FILE}", check_regex)}
         rules_dir = self.params.get("rules_dir") or (self.context.rules_dir if self.context else None)
@@ -425,25 +460,27 @@ class TrafficSourceEnricher(Enricher):
 
     # -- transform -------------------------------------------------------------------------------
     def transform(self, df: DataFrame) -> DataFrame:
-        # Few operators on purpose: event rows are wider than Spark's whole-stage codegen limit,
-        # so every projection or join copies the whole row.
+        # Event rows are wider than Spark's whole-stage codegen limit, so every projection copies
+        # its whole input row. The original columns therefore travel as one struct (copied as one
+        # block, unpacked once at the end) and each stage carries only the values still needed.
         rules = self.rule_sets()
         original = df.columns
-        app = F.col("app_id")
-        keep = [F.col(c) for c in original]
         col = F.col
+        sent_names = [f"_ts_cs_{f}" for f in (*FIELDS, "category", "channel_group")]
+
+        def stage(frame: DataFrame, carry: Iterable[str], new: dict[str, Column]) -> DataFrame:
+            return frame.select(col("_ts_row"), *(col(c) for c in carry), *(v.alias(k) for k, v in new.items()))
 
         def set_key(own: Iterable[str]) -> Column:
             apps = sorted(k for k in own if k != DEFAULT_SET)
+            app = col("app_id")
             return F.when(app.isin(apps), app).otherwise(F.lit(DEFAULT_SET)) if apps else F.lit(DEFAULT_SET)
 
         page_url = col("page_view_page_url")
         pref, lref = _blank_null(col("page_view_page_referrer")), _blank_null(col("page_view_latest_referrer"))
         lref_host = url_host(lref)
         inputs = {
-            **{f"_ts_cs_{f}": _blank_null(col(f"traffic_source_{f}")) for f in FIELDS},
-            "_ts_cs_category": _blank_null(col("traffic_source_category")),
-            "_ts_cs_channel_group": _blank_null(col("traffic_source_channel_group")),
+            **{f"_ts_cs_{f}": _blank_null(col(f"traffic_source_{f}")) for f in (*FIELDS, "category", "channel_group")},
             "_ts_page_host": F.lower(F.coalesce(_blank_null(col("page_view_hostname")), url_host(page_url))),
             "_ts_pref": pref,
             "_ts_lref": lref,
@@ -457,8 +494,9 @@ class TrafficSourceEnricher(Enricher):
             "_ts_cset": set_key(rules.category),
             "_ts_hset": set_key(rules.channel),
         }
-        df = df.select(*keep, *(v.alias(k) for k, v in inputs.items()))
-        temp = list(inputs)
+        df = df.select(
+            F.struct(*(col(f"`{c}`") for c in original)).alias("_ts_row"), *(v.alias(k) for k, v in inputs.items())
+        )
 
         # Step 3: the referrer, internal ones (same host as the page) skipped; its lookup keys.
         same = lambda host: F.coalesce(col("_ts_page_host") == F.lower(host), F.lit(False))  # noqa: E731
@@ -466,109 +504,117 @@ class TrafficSourceEnricher(Enricher):
         use_page = col("_ts_pref").isNotNull() & ~same(col("_ts_pref_host"))
         ref = F.when(use_latest, col("_ts_lref")).when(use_page, col("_ts_pref"))
         # The category lookup parses the referrer's own url; a host the client sent is not used there.
-        r_host = F.lower(F.when(use_latest, col("_ts_lref_host")).when(use_page, col("_ts_pref_host")))
+        r_host = F.when(use_latest, col("_ts_lref_host")).when(use_page, col("_ts_pref_host"))
+        k_host = F.lower(r_host)
         path = url_path(ref)
-        refs = {
-            **{f"_ts_a_{n}": utm_arrays(col(f"_ts_q_{n}")) for n in ("page", "lref", "pref")},
-            "_ts_ref": ref,
-            "_ts_ref_host": F.when(use_latest, col("_ts_lhost")).when(use_page, col("_ts_pref_host")),
-            "_ts_r_host": F.when(use_latest, col("_ts_lref_host")).when(use_page, col("_ts_pref_host")),
-            "_ts_k_host": r_host,
-            "_ts_k_path": F.when(r_host.isNotNull() & (path != "") & (path != "/"), F.lower(F.concat(r_host, path))),
-            "_ts_from_internal": F.when(col("_ts_lref").isNotNull(), same(col("_ts_lhost")))
-            .when(col("_ts_pref").isNotNull(), same(col("_ts_pref_host")))
-            .otherwise(F.lit(False)),
-        }
-        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in refs.items()))
-        temp += list(refs)
-
-        lookups = lookup_rows(rules.category)
-        host_table = self.context.spark.createDataFrame(
-            lookups.host, "rs string, url string, source string, category string, terms_re string, exact boolean"
-        ).select(
-            col("rs").alias("_ts_j_rs"),
-            col("url").alias("_ts_j_url"),
-            F.struct("source", "category", "terms_re", "exact").alias("_ts_m_host"),
+        df = stage(
+            df,
+            [*sent_names, "_ts_cset", "_ts_hset"],
+            {
+                **{f"_ts_a_{n}": utm_arrays(col(f"_ts_q_{n}")) for n in ("page", "lref", "pref")},
+                "_ts_ref": ref,
+                "_ts_ref_host": F.when(use_latest, col("_ts_lhost")).when(use_page, col("_ts_pref_host")),
+                "_ts_r_host": r_host,
+                "_ts_k_host": k_host,
+                "_ts_k_path": F.when((path != "") & (path != "/"), F.lower(F.concat(k_host, path))),
+                "_ts_no_referrer": col("_ts_pref").isNull() & col("_ts_lref").isNull(),
+                "_ts_from_internal": F.when(col("_ts_lref").isNotNull(), same(col("_ts_lhost")))
+                .when(col("_ts_pref").isNotNull(), same(col("_ts_pref_host")))
+                .otherwise(F.lit(False)),
+            },
         )
-        cond = (col("_ts_cset") == col("_ts_j_rs")) & (col("_ts_k_host") == col("_ts_j_url"))
-        df = df.join(F.broadcast(host_table), cond, "left")
-        temp.append("_ts_m_host")
 
         # Steps 1-2: the utm parameters. Client values first (any field the client sent wins over
         # the page url's), then the referrers' urls when there is still no source.
         page = utm_fields(col("_ts_a_page"))
         client_source = col("_ts_cs_source").isNotNull()
-        stage = {}
+        utm_cols = {}
         for f in FIELDS:
-            seed = F.coalesce(col(f"_ts_cs_{f}"), F.when(~client_source, page[f]))
-            stage[f"_ts_seed_{f}"] = normalised(f, seed)
+            utm_cols[f"_ts_seed_{f}"] = normalised(f, F.coalesce(col(f"_ts_cs_{f}"), F.when(~client_source, page[f])))
         for n in ("lref", "pref"):
-            stage.update({f"_ts_{n}_{f}": v for f, v in utm_fields(col(f"_ts_a_{n}")).items()})
+            utm_cols.update({f"_ts_{n}_{f}": v for f, v in utm_fields(col(f"_ts_a_{n}")).items()})
         # Most specific url form first: whole url, without scheme, host+path, host, www-less forms.
         found = col("_ts_r_host").isNotNull()
         ref = col("_ts_ref")
-        mh = col("_ts_m_host")
-        mp = chain_lookup(col("_ts_cset"), col("_ts_k_path"), lookups.path)
+        lookups = url_lookups(rules.category)
+        cset = col("_ts_cset")
+        mh = lookup(cset, col("_ts_k_host"), lookups.host, _MATCH_TYPE)
+        mp = lookup(cset, col("_ts_k_path"), lookups.path, _MATCH_TYPE)
         match = F.when(mp["exact"], mp).when(mh.isNotNull(), mh).otherwise(mp)
-        if lookups.whole:
-            whole_url = chain_lookup(col("_ts_cset"), F.when(found, F.lower(ref)), lookups.whole)
+        if any(lookups.whole.values()):
+            whole_url = lookup(cset, F.when(found, F.lower(ref)), lookups.whole, _MATCH_TYPE)
             rest = F.when(found & ref.contains("://"), F.lower(F.substr(ref, F.instr(ref, "://") + 3)))
-            match = F.coalesce(whole_url, chain_lookup(col("_ts_cset"), rest, lookups.whole), match)
-        stage["_ts_match"] = match
-        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
-        temp += list(stage)
+            match = F.coalesce(whole_url, lookup(cset, rest, lookups.whole, _MATCH_TYPE), match)
+        carry = [*sent_names, "_ts_cset", "_ts_hset", "_ts_ref", "_ts_ref_host", "_ts_r_host"]
+        carry += ["_ts_no_referrer", "_ts_from_internal"]
+        df = stage(df, carry, {**utm_cols, "_ts_match": match})
 
         m = col("_ts_match")
         values = F.regexp_extract_all(url_query(ref), m["terms_re"], F.lit(1))
-        terms = _blank_null(F.array_join(F.array_sort(F.array_distinct(F.array_remove(values, ""))), ","))
-        stage = {}
+        terms = _blank_null(F.array_join(F.sort_array(F.array_distinct(F.array_remove(values, ""))), ","))
+        chosen = {}
         for f in FIELDS:
-            chosen = (
+            value = (
                 F.when(col("_ts_seed_source").isNotNull(), col(f"_ts_seed_{f}"))
                 .when(col("_ts_lref_source").isNotNull(), col(f"_ts_lref_{f}"))
                 .otherwise(col(f"_ts_pref_{f}"))
             )
-            stage[f"_ts_u_{f}"] = normalised(f, chosen)
-        stage.update(
+            chosen[f"_ts_u_{f}"] = normalised(f, value)
+        df = stage(
+            df,
+            carry,
             {
+                **chosen,
                 "_ts_terms": F.when(m["terms_re"].isNotNull(), terms),
                 "_ts_cat0": F.when(found, F.coalesce(m["category"], F.lit(UNASSIGNED))),
                 "_ts_m_source": F.when(found, F.coalesce(m["source"], col("_ts_r_host"))),
-            }
+            },
         )
-        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
-        temp += list(stage)
-        source1 = F.coalesce(col("_ts_u_source"), col("_ts_m_source"))
-        term1 = F.coalesce(col("_ts_u_term"), col("_ts_terms"))
 
-        # Step 4: category of the source name when the referrer gave none.
+        # Step 4: category of the source name when the referrer gave none (last rule of a name wins).
+        source1 = F.coalesce(col("_ts_u_source"), col("_ts_m_source"))
         cat0 = col("_ts_cat0")
         by_source = source1.isNotNull() & (cat0.isNull() | (cat0 == UNASSIGNED))
-        cat1 = F.when(by_source, source_category(col("_ts_cset"), source1, rules.category)).otherwise(cat0)
-        stage = {"_ts_source1": source1, "_ts_term1": term1, "_ts_cat1": cat1}
-        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in stage.items()))
-        temp += list(stage)
-        source1, cat1 = col("_ts_source1"), col("_ts_cat1")
-        used = set()
+        sources = {k: {r.source: r.category for r in items} for k, items in rules.category.items()}
+        cat1 = F.when(by_source, lookup(col("_ts_cset"), source1, sources, "string")).otherwise(cat0)
+        # The values the channel rules see: lower-cased where compared, else only whether empty.
+        # The rules see "no category" where the category is Unassigned.
+        term1 = F.coalesce(col("_ts_u_term"), col("_ts_terms"))
+        actual = {f: col(c) for f, c in RULE_FIELDS.items()} | {
+            "traffic_source_source": source1,
+            "traffic_source_term": term1,
+            "traffic_source_category": F.when(cat1 != UNASSIGNED, cat1),
+        }
+        to_lower, to_test = set(), set()
         for items in rules.channel.values():
             for rule in items:
-                used |= _fields_used(rule.condition)
-        # The rules see "no category" where the category is Unassigned.
-        actual = {f: col(c) for f, c in RULE_FIELDS.items()} | {
-            "traffic_source_category": F.when(cat1 != UNASSIGNED, cat1)
-        }
-        lowered = {f"_ts_f_{f}": F.lower(F.coalesce(actual[f], F.lit(""))) for f in sorted(used)}
-        df = df.select(*keep, *(col(c) for c in temp), *(v.alias(k) for k, v in lowered.items()))
+                to_lower |= fields_to_lower(rule.condition)
+                to_test |= _fields_used(rule.condition)
+        outputs = [f"_ts_u_{f}" for f in ("medium", "campaign", "content", "campaign_id", "clid_platform", "clid")]
+        df = stage(
+            df,
+            [*sent_names, "_ts_hset", "_ts_ref_host", "_ts_no_referrer", "_ts_from_internal", *outputs],
+            {
+                "_ts_has_ref": col("_ts_ref").isNotNull(),
+                "_ts_source1": source1,
+                "_ts_term1": term1,
+                "_ts_cat1": cat1,
+                **{f"_ts_f_{f}": F.lower(F.coalesce(actual[f], F.lit(""))) for f in sorted(to_lower)},
+                **{f"_ts_e_{f}": F.coalesce(actual[f] == "", F.lit(True)) for f in sorted(to_test)},
+            },
+        )
 
         # Step 5: channel group, per rule set.
-        fields = {f: col(f"_ts_f_{f}") for f in used}
-        channel = channel_column(rules.channel[DEFAULT_SET], fields)
+        lowered = {f: col(f"_ts_f_{f}") for f in to_lower}
+        empty = {f: col(f"_ts_e_{f}") for f in to_test}
+        channel = channel_column(rules.channel[DEFAULT_SET], lowered, empty)
         for key, items in sorted(rules.channel.items(), reverse=True):
             if key != DEFAULT_SET:
-                channel = F.when(col("_ts_hset") == key, channel_column(items, fields)).otherwise(channel)
+                channel = F.when(col("_ts_hset") == key, channel_column(items, lowered, empty)).otherwise(channel)
 
         # Step 6: Direct, Unassigned and the inferred medium.
-        has_ref = col("_ts_ref").isNotNull()
+        source1, cat1 = col("_ts_source1"), col("_ts_cat1")
+        has_ref = col("_ts_has_ref")
         source2 = F.coalesce(source1, F.when(has_ref, col("_ts_ref_host")))
         internal = col("_ts_from_internal")
         inferred = (
@@ -576,13 +622,12 @@ class TrafficSourceEnricher(Enricher):
             .when(cat1 == "Search", F.lit("(Organic)"))
             .when(cat1.isin(*REFERRAL_CATEGORIES), F.lit("(Referral)"))
         )
-        no_referrer = col("_ts_pref").isNull() & col("_ts_lref").isNull()
         computed = {
             "source": F.coalesce(source2, F.lit(DIRECT)),
             "medium": F.coalesce(
                 col("_ts_u_medium"),
                 F.when(cat1.isNotNull(), inferred),
-                F.when(no_referrer | internal, F.lit(NONE_MEDIUM)).otherwise(F.lit("(Referral)")),
+                F.when(col("_ts_no_referrer") | internal, F.lit(NONE_MEDIUM)).otherwise(F.lit("(Referral)")),
             ),
             "campaign": F.when(source1.isNull() & ~has_ref, F.lit(DIRECT)).otherwise(col("_ts_u_campaign")),
             "content": col("_ts_u_content"),
@@ -597,4 +642,4 @@ class TrafficSourceEnricher(Enricher):
         }
         # What the client sent is kept; the computed values fill the rest.
         out = {f"traffic_source_{k}": F.coalesce(col(f"_ts_cs_{k}"), v) for k, v in computed.items()}
-        return df.select(*(out[c].alias(c) if c in out else col(c) for c in original))
+        return df.select(*(out[c].alias(c) if c in out else col("_ts_row")[c].alias(c) for c in original))
