@@ -15,6 +15,9 @@ from clickstream_etl.enrichers.ip_geo import IpGeoEnricher, country_and_continen
 from clickstream_etl.plugins import PluginError, load_class
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
+from pyspark.sql import functions as F
+
+from tests.etl.test_user_agent import python_runs_on_the_distinct_keys_only
 
 INTERNAL = ("ua", "ip", "_bad_reason", "_bad_detail")
 SCHEMA = EVENT_V2.ddl() + ", " + ", ".join(f"`{name}` string" for name in INTERNAL)
@@ -126,6 +129,65 @@ def test_other_columns_pass_through(spark, flat_files):
     assert out.columns == df.columns
     row = out.collect()[0]
     assert (row["app_id"], row["ip"], row["ua"], row["process_info"]) == ("shop", "81.2.69.142", "curl/8", {"rid": "r"})
+
+
+# Repeated addresses, lists sharing a first address, unknown, invalid, blank and missing ones, values already set.
+MIXED = [
+    {"ip": "81.2.69.142"},
+    {"ip": "1.1.1.1, 81.2.69.142"},
+    {"ip": "1.1.1.1"},
+    {"ip": " 1.1.1.1 ,10.0.0.1"},
+    {"ip": "81.2.69.142", "geo_country": "From the SDK", "geo_metro": "Metro"},
+    {"ip": "2a02:a00::1"},
+    {"ip": "::ffff:81.2.69.142"},
+    {"ip": "10.0.0.1, 1.1.1.1"},
+    {"ip": "203.0.113.5"},
+    {"ip": "not-an-address"},
+    {"ip": ""},
+    {"ip": None},
+    {"ip": None, "geo_city": "Kept"},
+    {"ip": "81.2.69.142", "event_id": "twice"},
+    {"ip": "81.2.69.142", "event_id": "twice"},
+    {"ip": None, "event_id": "twice"},
+]
+
+
+def row_wise(spark, df, files):
+    """The enricher as it was before the join: the lookup as an Arrow UDF on every row."""
+    names = IpGeoEnricher({"database": files})._ship(spark.sparkContext)
+
+    def batch(ips: pa.Array) -> pa.Array:
+        return ip_geo.lookup_batch(names, ips)
+
+    first = F.trim(F.split(F.col("ip"), ",").getItem(0))
+    with_geo = df.withColumn("_g", F.arrow_udf(batch, ip_geo._SPARK_TYPE)(first))
+    fields = {"continent": "geo_continent", "country": "geo_country", "region": "geo_region", "city": "geo_city"}
+    filled = {column: F.coalesce(F.col(column), F.col(f"_g.{field}")) for field, column in fields.items()}
+    return with_geo.withColumns(filled).drop("_g")
+
+
+def in_order(df) -> list:
+    return sorted(df.collect(), key=lambda row: (row["event_id"], row["ip"] or "", row["geo_city"] or ""))
+
+
+def test_same_rows_as_the_row_wise_lookup(spark, flat_files):
+    df = events(spark, MIXED)
+    out = IpGeoEnricher({"database": flat_files}).transform(df)
+    assert out.schema == df.schema
+    assert in_order(out) == in_order(row_wise(spark, df, flat_files))
+
+
+def test_every_event_comes_out_once(spark, flat_files):
+    # Duplicate keys, null keys and whole duplicate rows: the join must neither drop nor multiply events.
+    df = events(spark, MIXED)
+    out = IpGeoEnricher({"database": flat_files}).transform(df)
+    assert out.count() == df.count() == len(MIXED)
+    assert sorted(row["event_id"] for row in out.collect()) == sorted(row["event_id"] for row in df.collect())
+
+
+def test_addresses_are_looked_up_once_each_then_joined(spark, flat_files, capsys):
+    IpGeoEnricher({"database": flat_files}).transform(events(spark, MIXED)).explain()
+    python_runs_on_the_distinct_keys_only(capsys.readouterr().out)
 
 
 def test_lookup_batch_reads_each_distinct_address_once(spark, flat_files):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pytest
@@ -10,6 +11,7 @@ from clickstream_core.tables import EVENT_V2
 from clickstream_etl.enrichers import user_agent
 from clickstream_etl.enrichers.user_agent import UserAgentEnricher, device_category, parse, parse_batch, version
 from clickstream_etl.plugins import PluginError, load_class
+from pyspark.sql import functions as F
 
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -126,6 +128,91 @@ def test_other_columns_pass_through(spark):
     assert out.columns == df.columns
     row = out.collect()[0]
     assert (row["app_id"], row["ip"], row["process_info"]) == ("shop", "203.0.113.9", {"rid": "r0"})
+
+
+# Repeated headers, a bot, headers no rule knows, missing and blank headers, transformer values, an earlier rejection.
+MIXED = [
+    {"ua": CHROME_WINDOWS},
+    {"ua": GOOGLEBOT},
+    {"ua": CHROME_WINDOWS, "device_ua_browser": "From the transformer"},
+    {"ua": None, "device_ua_browser": "Sensors", "device_ua_os": "Android"},
+    {"ua": GOOGLEBOT, "_bad_reason": "too_late", "_bad_detail": "3 days old"},
+    {"ua": SAFARI_IPHONE},
+    {"ua": None},
+    {"ua": "   "},
+    {"ua": "   ", "device_ua_device": "Kept"},
+    {"ua": "curl/8.4.0"},
+    {"ua": CHROME_WINDOWS},
+    {"ua": GOOGLEBOT},
+    {"ua": SAFARI_IPHONE, "event_id": "twice"},
+    {"ua": SAFARI_IPHONE, "event_id": "twice"},
+    {"ua": None, "event_id": "twice"},
+]
+
+
+def row_wise(df, filter_bots: bool):
+    """The enricher as it was before the join: the parse as an Arrow UDF on every row."""
+    parsed = df.withColumn("_p", F.arrow_udf(parse_batch, user_agent._SPARK_TYPE)(F.col("ua")))
+    filled = {name: F.coalesce(F.col(f"_p.{name}"), F.col(name)) for name in (*UA_COLUMNS, "device_ua")}
+    if filter_bots:
+        bot = F.coalesce(filled["device_ua_device_category"] == "Bot", F.lit(False)) & F.col("_bad_reason").isNull()
+        detail = F.format_string("user agent of a bot: %s (device %s)", filled["device_ua_browser"],
+                                 filled["device_ua_device"])  # fmt: skip
+        filled["_bad_reason"] = F.when(bot, F.lit("bot")).otherwise(F.col("_bad_reason"))
+        filled["_bad_detail"] = F.when(bot, detail).otherwise(F.col("_bad_detail"))
+    return parsed.withColumns(filled).drop("_p")
+
+
+def in_order(df) -> list:
+    return sorted(df.collect(), key=lambda row: (row["event_id"], row["ua"] or "", row["device_ua_browser"] or ""))
+
+
+@pytest.mark.parametrize("filter_bots", [True, False])
+def test_same_rows_as_the_row_wise_parse(spark, filter_bots):
+    df = events(spark, MIXED)
+    out = UserAgentEnricher({"filter_bots": filter_bots}).transform(df)
+    assert out.schema == df.schema
+    assert in_order(out) == in_order(row_wise(df, filter_bots))
+
+
+def test_every_event_comes_out_once(spark):
+    # Duplicate headers, null headers and whole duplicate rows: the join must neither drop nor multiply events.
+    df = events(spark, MIXED)
+    out = UserAgentEnricher().transform(df)
+    assert out.count() == df.count() == len(MIXED)
+    assert sorted(row["event_id"] for row in out.collect()) == sorted(row["event_id"] for row in df.collect())
+
+
+def subtree(plan: str, node: str) -> list[str]:
+    """The line of the first `node` in a plan printed by explain(), and the lines of the nodes under it."""
+
+    def depth(line: str) -> int:  # where the node's name starts: children are printed further right
+        name = re.search(r"[\w*]", line)
+        return name.start() if name else -1
+
+    lines = plan.splitlines()
+    start = next(i for i, line in enumerate(lines) if node in line)
+    under = [lines[start]]
+    for line in lines[start + 1 :]:
+        if depth(line) <= depth(lines[start]):
+            break
+        under.append(line)
+    return under
+
+
+def python_runs_on_the_distinct_keys_only(plan: str) -> None:
+    """Python sees the distinct keys (an aggregate below it), joined back under the join; no UDF on every row."""
+    physical = plan.split("== Physical Plan ==")[-1]
+    assert "ArrowEvalPython" not in physical
+    assert "BatchEvalPython" not in physical
+    assert physical.count("MapInArrow") == 1
+    assert any("HashAggregate" in line for line in subtree(physical, "MapInArrow")[1:])
+    assert any("MapInArrow" in line for line in subtree(physical, "Join ")[1:])
+
+
+def test_headers_are_parsed_once_each_then_joined(spark, capsys):
+    UserAgentEnricher().transform(events(spark, MIXED)).explain()
+    python_runs_on_the_distinct_keys_only(capsys.readouterr().out)
 
 
 def test_each_distinct_header_is_parsed_once_per_batch():

@@ -16,6 +16,9 @@ geo_locale is the SDK's and is not touched.
 
 The files reach the executors through SparkContext.addFile; each Python worker opens them once
 (memory-mapped, so workers of one machine share the pages) and keeps an LRU cache of addresses.
+Only the distinct first addresses go through Python, on the executors, and their geo is joined back
+to the events: the job does not cache each enricher's result, so every stage downstream re-runs
+this plan, and a UDF on every event would cost a Python round trip per event per stage.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import functools
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,9 @@ _FIELDS = {"continent": "geo_continent", "country": "geo_country", "region": "ge
 _ARROW_TYPE = pa.struct([pa.field(name, pa.string()) for name in _FIELDS])
 _SPARK_TYPE = ", ".join(f"{name} string" for name in _FIELDS)
 _GEO = "_geo"
+_KEY = "_geo_ip"  # the first address of `ip`, the join key
+# One row per distinct address: the address and its geo.
+_TABLE_TYPE = f"{_KEY} string, {_GEO} struct<{_SPARK_TYPE}>"
 
 
 def geoip_dir() -> Path:
@@ -170,16 +176,22 @@ class IpGeoEnricher(Enricher):
             return df
         names = self._ship(df.sparkSession.sparkContext)
 
-        # A closure, not functools.partial: Spark picks the UDF kind from the type hints.
-        def batch(ips: pa.Array) -> pa.Array:
-            return lookup_batch(names, ips)
+        def batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                ips = batch.column(0)
+                yield pa.RecordBatch.from_arrays([ips, lookup_batch(names, ips)], names=[_KEY, _GEO])
 
-        udf = F.arrow_udf(batch, _SPARK_TYPE)
-        first = F.trim(F.split(F.col(C.IP), ",").getItem(0))
-        geo = df.withColumn(_GEO, udf(first))
-        return geo.withColumns(
-            {column: F.coalesce(F.col(column), F.col(f"{_GEO}.{field}")) for field, column in _FIELDS.items()}
-        ).drop(_GEO)
+        # The text before the first comma, as split(...)[0] gives it, without building an array per event.
+        first = F.trim(F.substring_index(F.col(C.IP), ",", 1))
+        addresses = df.select(first.alias(_KEY)).where(F.col(_KEY).isNotNull()).distinct()
+        table = addresses.mapInArrow(batches, _TABLE_TYPE)
+        # Joined on the expression rather than a key column added to the events: such a column would
+        # copy every wide row once more. No broadcast hint: a large site has millions of distinct
+        # addresses a day. Left join on distinct keys: every event stays exactly once, and a null
+        # key matches nothing (no geo).
+        geo = df.join(table, first == table[_KEY], how="left")
+        filled = {column: F.coalesce(F.col(column), F.col(f"{_GEO}.{field}")) for field, column in _FIELDS.items()}
+        return geo.select(*(filled[name].alias(name) if name in filled else F.col(name) for name in df.columns))
 
     def _ship(self, sc) -> tuple[str, ...]:
         """Add the files to the session once; executors find them by file name, so two files of one name clash."""

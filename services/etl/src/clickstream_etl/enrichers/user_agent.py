@@ -15,14 +15,18 @@ A row without a User-Agent keeps whatever the transformer put in these columns. 
 dropped (the job routes every rejected row to the bad rows): with `filter_bots` on it gets the
 reason `bot`, unless an earlier stage rejected it already.
 
-Rows are parsed in Arrow batches; a batch parses each distinct header once, and a per-worker LRU
-cache keeps results across batches (a site sees a few thousand distinct headers a day).
+Only the distinct headers go through Python: they are parsed in Arrow batches on the executors
+(a per-worker LRU cache keeps results across batches) and the table of parses, a few thousand rows
+a day for a site, is broadcast and joined back to the events by header. The job runs the enrichers
+on a cached frame but does not cache each enricher's result, so every stage downstream re-runs this
+plan: a UDF on every event would cost a Python round trip per event per stage.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -54,6 +58,8 @@ _ARROW_TYPE = pa.struct(
 )
 _SPARK_TYPE = ", ".join(f"{name} string" for name in OUTPUT_COLUMNS) + f", {_MAP} map<string,string>"
 _PARSED = "_ua_parsed"
+# One row per distinct header: the header (the join key) and its parse.
+_TABLE_TYPE = f"`{C.UA}` string, {_PARSED} struct<{_SPARK_TYPE}>"
 
 
 @functools.cache
@@ -145,6 +151,13 @@ def parse_batch(user_agents: pa.Array) -> pa.Array:
     return distinct.take(encoded.indices)
 
 
+def _parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow over the distinct headers: each batch comes back with its parses beside it."""
+    for batch in batches:
+        headers = batch.column(0)
+        yield pa.RecordBatch.from_arrays([headers, parse_batch(headers)], names=[C.UA, _PARSED])
+
+
 class UserAgentEnricher(Enricher):
     """Browser, OS and device of the request's User-Agent; flags bots."""
 
@@ -156,14 +169,18 @@ class UserAgentEnricher(Enricher):
             raise PluginError(f"user_agent: filter_bots must be true or false, got {self.params['filter_bots']!r}")
 
     def transform(self, df: DataFrame) -> DataFrame:
-        udf = F.arrow_udf(parse_batch, _SPARK_TYPE)
-        parsed = df.withColumn(_PARSED, udf(F.col(C.UA)))
+        headers = df.select(C.UA).where(F.col(C.UA).isNotNull()).distinct()
+        table = headers.mapInArrow(_parse_batches, _TABLE_TYPE)
+        # A left join on distinct keys keeps every event exactly once; a null header matches nothing
+        # and so behaves like a header without a parse. The table is small whatever the event count.
+        parsed = df.join(F.broadcast(table), on=C.UA, how="left")
         # A row without a header keeps the transformer's values; otherwise the parse wins.
         filled = {name: F.coalesce(F.col(f"{_PARSED}.{name}"), F.col(name)) for name in (*OUTPUT_COLUMNS, _MAP)}
         if self.params["filter_bots"]:
             # In the same projection as the values: a second one would copy every wide row again.
             filled.update(self._bot_flags(filled))
-        return parsed.withColumns(filled).drop(_PARSED)
+        # The join put the key first; the select restores the input's column order.
+        return parsed.select(*(filled[name].alias(name) if name in filled else F.col(name) for name in df.columns))
 
     @staticmethod
     def _bot_flags(values: dict[str, Column]) -> dict[str, Column]:
