@@ -182,7 +182,6 @@ def run(
         events = validate.apply(events, checks)
         # The payload (about 1 KB an event) is kept only for rows already rejected: the caches are
         # read by every later stage. A duplicate found later names the request of the copy kept.
-        events = events.withColumn(C.PAYLOAD, F.when(F.col(C.BAD_REASON).isNotNull(), F.col(C.PAYLOAD)))
         # Cached before the enrichers (they look up distinct user agents and addresses of it) and
         # after them (every table, the dedup and the counts read the enriched rows).
         base = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
@@ -190,6 +189,7 @@ def run(
         events = base
         for enricher in enrichers:
             events = enricher.transform(events)
+        events = events.withColumn(C.PAYLOAD, F.when(F.col(C.BAD_REASON).isNotNull(), F.col(C.PAYLOAD)))
         events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(events)
         events.count()  # fills the cache (and the one before the enrichers)
