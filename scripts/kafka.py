@@ -37,12 +37,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scripts.maven import copy_dependencies
 
 DEFAULT_VERSION = os.environ.get("KAFKA_VERSION", "4.4.0")
 # Kafka 4 logs through SLF4J to log4j2. Its published poms declare slf4j-api 1.7.36 and log4j-core without a
@@ -160,28 +161,8 @@ def _complete(libs: Path) -> bool:
 
 
 def _fetch(version: str, libs: Path, quiet: bool) -> None:
-    if shutil.which("mvn") is None:
-        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars from Maven Central")
     staging = libs.with_name("libs.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="kafka-pom-") as workdir:
-        (Path(workdir) / "pom.xml").write_text(_pom(version))
-        command = [
-            "mvn",
-            "-B",
-            *(["-q"] if quiet else []),
-            "-f",
-            str(Path(workdir) / "pom.xml"),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ]
-        print(f"kafka: fetching org.apache.kafka:kafka_2.13:{version} and kafka-tools into {libs}", file=sys.stderr)
-        done = subprocess.run(command, cwd=workdir, capture_output=quiet, text=True, check=False)
-        if done.returncode != 0:
-            detail = (done.stdout or "")[-4000:] if quiet else ""
-            raise RuntimeError(f"mvn dependency:copy-dependencies failed ({done.returncode}):\n{detail}")
-    jars = sorted(p.name for p in staging.glob("*.jar"))
+    jars = copy_dependencies(_pom(version), staging, quiet, f"org.apache.kafka:kafka_2.13:{version} and kafka-tools")
     must = [f"kafka_2.13-{version}.jar", f"kafka-tools-{version}.jar", f"log4j-slf4j2-impl-{LOG4J_VERSION}.jar"]
     missing = [name for name in must if name not in jars]
     if missing:

@@ -26,12 +26,12 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from clickstream_etl.spark import DEFAULT_JARS_DIR, JARS_DIR_ENV
+
+from scripts.maven import copy_dependencies
 
 STAMP = ".complete"
 SDK_MODULES = ("s3", "sts", "s3-transfer-manager")
@@ -142,31 +142,14 @@ def ensure_jars(quiet: bool = True) -> Path:
 
 
 def _fetch(hadoop: str, folder: Path, pyspark_jars: Path, quiet: bool) -> None:
-    if shutil.which("mvn") is None:
-        raise RuntimeError("Maven (mvn) is needed to fetch hadoop-aws and the AWS SDK from Maven Central")
     staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="spark-jars-pom-") as workdir:
-        (Path(workdir) / "pom.xml").write_text(pom(hadoop))
-        command = [
-            "mvn",
-            "-B",
-            *(["-q"] if quiet else []),
-            "-f",
-            str(Path(workdir) / "pom.xml"),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-            "-DexcludeGroupIds=" + ",".join(PROVIDED_GROUPS),
-        ]
-        print(
-            f"spark-jars: fetching org.apache.hadoop:hadoop-aws:{hadoop} and the AWS SDK into {folder}", file=sys.stderr
-        )
-        done = subprocess.run(command, cwd=workdir, capture_output=quiet, text=True, check=False)
-        if done.returncode != 0:
-            detail = (done.stdout or "")[-4000:] if quiet else ""
-            raise RuntimeError(f"mvn dependency:copy-dependencies failed ({done.returncode}):\n{detail}")
-    jars = sorted(p.name for p in staging.glob("*.jar"))
+    jars = copy_dependencies(
+        pom(hadoop),
+        staging,
+        quiet,
+        f"org.apache.hadoop:hadoop-aws:{hadoop} and the AWS SDK",
+        ("-DexcludeGroupIds=" + ",".join(PROVIDED_GROUPS),),
+    )
     check_jars(jars, hadoop, sorted(p.name for p in pyspark_jars.glob("*.jar")))
     (staging / STAMP).write_text(_stamp_text(hadoop, jars))  # stamp last: a half-done fetch is never "complete"
     shutil.rmtree(folder, ignore_errors=True)
