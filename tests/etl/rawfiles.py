@@ -104,3 +104,16 @@ def read_bad_rows(sink: Path) -> list[dict]:
     for path in sorted((sink / "bad_rows").rglob("*.json.gz")):
         rows += [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines() if x.strip()]
     return rows
+
+
+def write_records(path: Path, records: list[dict | str]) -> str:
+    """Raw records (dicts, or literal lines) as a plain NDJSON object; its path."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def record(rid: str, data, **extra) -> dict:
+    """A minimal raw record carrying `data` (JSON-encoded unless already text)."""
+    base = {"appId": "app1", "ingest_time": 1700000000000, "ip": "10.1.2.3", "rid": rid, "ua": "request-ua"}
+    return {**base, "data": data if isinstance(data, str) else json.dumps(data), **extra}

@@ -13,6 +13,8 @@ from clickstream_etl.transformers.clickstream_sdk import ClickstreamSdkTransform
 from clickstream_etl.transformers.gtm_server import GtmServerTransformer
 from pyspark.sql import functions as F
 
+from tests.etl.rawfiles import record, write_records
+
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "third-party" / "gtm-server"
 if not FIXTURES.exists():
     FIXTURES = Path("/work/shared/fixtures/third-party/gtm-server")
@@ -49,17 +51,6 @@ def events(spark, requests) -> dict[str, dict]:
 def custom(row: dict, name: str) -> tuple[str, str]:
     value = row["custom_parameters"][name]
     return value["value"], value["type"]
-
-
-def write_records(path: Path, records: list[dict | str]) -> str:
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def record(rid: str, data, **extra) -> dict:
-    base = {"appId": "app1", "ingest_time": 1700000000000, "ip": "10.1.2.3", "rid": rid, "ua": "request-ua"}
-    return {**base, "data": data if isinstance(data, str) else json.dumps(data), **extra}
 
 
 def test_output_columns_and_types_equal_the_sdk_transformers(spark, requests):

@@ -18,6 +18,8 @@ from clickstream_etl.transformers.clickstream_sdk import ClickstreamSdkTransform
 from clickstream_etl.transformers.sensors_data import SensorsDataTransformer, inflate
 from pyspark.sql import functions as F
 
+from tests.etl.rawfiles import record, write_records
+
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "third-party" / "sensors-data"
 if not FIXTURES.exists():
     FIXTURES = Path("/work/shared/fixtures/third-party/sensors-data")
@@ -75,16 +77,6 @@ def custom(row: dict, name: str) -> tuple[str, str]:
 def form_body(records, field: str = "data_list") -> str:
     packed = base64.b64encode(gzip.compress(json.dumps(records).encode())).decode()
     return f"crc=1&gzip=1&{field}={quote(packed, safe='')}"
-
-
-def write_records(path: Path, records: list[dict]) -> str:
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return str(path)
-
-
-def record(rid: str, data, **extra) -> dict:
-    base = {"appId": "app1", "ingest_time": 1700000000000, "ip": "10.1.2.3", "rid": rid, "ua": "request-ua"}
-    return {**base, "data": data if isinstance(data, str) else json.dumps(data), **extra}
 
 
 def test_output_columns_and_types_equal_the_sdk_transformers(spark, requests):
