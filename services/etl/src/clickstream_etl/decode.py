@@ -65,9 +65,8 @@ def decode_body_bytes(data: object) -> tuple[str | bytes | None, str, str | None
     return inflated, "gzip", None
 
 
-def decode_body(data: object) -> tuple[str | None, str, str | None]:
-    """(text, kind, error) of a raw record's `data`."""
-    body, kind, error = decode_body_bytes(data)
+def as_text(body, kind: str, error: str | None) -> tuple[str | None, str, str | None]:
+    """A decoded body as text (an inflated one arrives as bytes)."""
     if isinstance(body, bytes):
         try:
             return body.decode("utf-8"), kind, error
@@ -118,12 +117,8 @@ def parse_request(line: str | None) -> tuple[dict, object, str, str | None]:
 def decode_lines(lines: list[str | None], files: list[str | None]) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name, _ in REQUEST_FIELDS}
     for line, file in zip(lines, files, strict=True):
-        envelope, body, kind, error = parse_request(line)
-        if isinstance(body, bytes):
-            try:
-                body = body.decode("utf-8")
-            except UnicodeDecodeError:
-                body, kind, error = None, "other", "inflated body is not UTF-8"
+        envelope, *decoded = parse_request(line)
+        body, kind, error = as_text(*decoded)
         for name in ENVELOPE:
             out[name].append(envelope[name])
         out["body"].append(body)
