@@ -2,7 +2,7 @@
 # Prepare a new machine for this project: uv, the Python workspace, and (for the tests) Debian's
 # Chromium and the web SDK bundle. Idempotent: a second run only checks.
 #   scripts/setup.sh          Python workspace only (enough for make up / make demo)
-#   scripts/setup.sh test     + Chromium and the browser test bundle
+#   scripts/setup.sh test     + Chromium and the browser test bundle, PostgreSQL 15 (throwaway clusters)
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
 #   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
 #   scripts/setup.sh kafka    + Java 17, Maven and the Apache Kafka jars (cached outside the repo); test does it too
@@ -35,7 +35,7 @@ apt_install() {
 
 case "$want" in
   test)
-    apt_install chromium
+    apt_install chromium postgresql-15
     bash tests/browser/setup.sh
     bash tools/emulators/setup.sh
     apt_install openjdk-17-jre-headless maven

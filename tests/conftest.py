@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
 from scripts.stack import LocalStack, free_port, start_moto  # noqa: E402
 
 # Fixtures of the streaming components live beside their start-up scripts' tests.
-pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_kinesis", "tests.fixtures_spark"]
+pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_kinesis", "tests.fixtures_spark", "tests.fixtures_postgres"]
 
 
 @pytest.fixture(scope="session")
