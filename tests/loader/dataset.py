@@ -391,12 +391,17 @@ def write_parquet(root: Path) -> Path:
 # ---- loading ---------------------------------------------------------------------------------------------
 
 
-def duckdb_views(conn, root: Path, schema: str = APP_ID) -> None:
-    """The app's base tables as DuckDB views over the Parquet files (what the DuckDB warehouse does)."""
+def duckdb_views(conn, root: Path, schema: str = APP_ID, json_maps: bool = False) -> None:
+    """The app's base tables as DuckDB views over the Parquet files (what the DuckDB warehouse does); with
+    `json_maps` the map columns are exposed as JSON (`to_json`), as the loader's warehouse views do."""
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     for table in ROWS:
         path = str(root / table / "*.parquet").replace("'", "''")
-        conn.execute(f'CREATE OR REPLACE VIEW "{schema}"."{table}" AS SELECT * FROM read_parquet(\'{path}\')')
+        columns = ", ".join(
+            f'to_json("{c.name}") AS "{c.name}"' if json_maps and c.type.startswith("map<") else f'"{c.name}"'
+            for c in TABLES[table].columns
+        )
+        conn.execute(f'CREATE OR REPLACE VIEW "{schema}"."{table}" AS SELECT {columns} FROM read_parquet(\'{path}\')')
 
 
 def _pg_value(value, pg_type: str):

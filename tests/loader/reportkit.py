@@ -34,9 +34,13 @@ class Warehouses:
 
     def query(self, engine: str, sql: str, params: dict | None = None) -> list[dict]:
         """Rows as dicts, values normalised (Decimal -> float, aware datetimes -> naive UTC)."""
+        return self.query_on(self.conn(engine), engine, sql, params)
+
+    @staticmethod
+    def query_on(conn, engine: str, sql: str, params: dict | None = None) -> list[dict]:
         from clickstream_loader.reporting.db import Runner
 
-        names, rows = Runner(self.conn(engine), engine).columns(sql, params)
+        names, rows = Runner(conn, engine).columns(sql, params)
         return [dict(zip(names, (normalise(v) for v in row), strict=True)) for row in rows]
 
     def rows(

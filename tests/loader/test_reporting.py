@@ -14,7 +14,7 @@ from clickstream_loader.sqlrender import render
 
 from . import dataset
 from .dataset import D1, D2, D3, D4
-from .reportkit import backfill_all, build
+from .reportkit import backfill_all, build, sort_key
 
 ENGINES = ("postgres", "duckdb")
 OBJECTS = [a.name for a in reporting.AGGREGATES + reporting.METADATA]
@@ -52,6 +52,18 @@ def test_object_identical_on_both_engines(wh, name):
 @pytest.mark.parametrize("name", OBJECTS)
 def test_duckdb_tables_mode_identical(wh_tables, name):
     assert wh_tables.rows("duckdb", name) == wh_tables.rows("postgres", name)
+
+
+def test_duckdb_json_maps_identical(wh):
+    """Base views exposing the maps as JSON (the loader's DuckDB warehouse) give the same rows too."""
+    import duckdb
+
+    conn = duckdb.connect()
+    dataset.duckdb_views(conn, wh.root, json_maps=True)
+    reporting.create_objects(conn, "duckdb", wh.target)
+    for name in [*OBJECTS, *views.NATIVE_VIEWS]:
+        got = sorted(wh.query_on(conn, "duckdb", f'SELECT * FROM "{wh.target.schema}"."{name}"'), key=sort_key)
+        assert got == wh.rows("postgres", name), name
 
 
 _MAPS = {c.name for t in TABLES.values() for c in t.columns if c.type.startswith("map<")}
