@@ -1,0 +1,242 @@
+"""One loader pass: discover, register, load (manifest by manifest, app by app, table by table), retention.
+
+`run_once(config)` is what the CLI's `clickstream-loader run` and an in-process scheduler call; it returns a
+`RunReport` and updates the Prometheus metrics. A failing manifest fails the run (status "failed") but not
+the other apps and tables of the same pass; its files stay ENQUEUED for the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from clickstream_core.appconfig import AppConfig
+
+from . import metrics
+from .config import LoaderConfig, local_path
+from .discovery import DataFile, discover
+from .schema import TABLE_NAMES
+from .state import LocalStateStore
+
+log = logging.getLogger("clickstream_loader")
+
+STATE_DB = "files.sqlite"
+LOCK_FILE = "loader.lock"
+
+
+@dataclass
+class RunReport:
+    engine: str
+    status: str = "succeeded"  # succeeded | failed | busy (another run holds the local state)
+    discovered: int = 0
+    registered: int = 0
+    manifests: int = 0
+    files_loaded: dict[str, int] = field(default_factory=dict)
+    rows_loaded: dict[str, int] = field(default_factory=dict)
+    busy_groups: list[str] = field(default_factory=list)
+    gone: int = 0
+    deleted_rows: dict[str, int] = field(default_factory=dict)
+    deleted_partitions: int = 0
+    pending_files: int = 0
+    oldest_pending_age_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def add(self, table: str, files: int, rows: int) -> None:
+        self.files_loaded[table] = self.files_loaded.get(table, 0) + files
+        self.rows_loaded[table] = self.rows_loaded.get(table, 0) + rows
+        metrics.FILES_LOADED.labels(table).inc(files)
+        metrics.ROWS_LOADED.labels(table).inc(rows)
+
+
+def new_manifest_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
+def _retention_start(config: LoaderConfig) -> date | None:
+    if not config.retention_days:
+        return None
+    return datetime.now(UTC).date() - timedelta(days=config.retention_days)
+
+
+def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> RunReport:
+    """One pass of the loader. `hook(step, info)` is called at each step of a load (tests inject crashes)."""
+    started = time.monotonic()
+    report = RunReport(engine=config.engine)
+    apps = apps if apps is not None else AppConfig.load(config.app_config or None)
+    try:
+        files = discover(config.source, apps, config.file_suffix, _retention_start(config))
+        report.discovered = len(files)
+        if config.engine == "postgres":
+            _run_postgres(config, apps, files, report, hook)
+        elif config.engine == "duckdb":
+            _run_duckdb(config, files, report, hook)
+        else:
+            raise ValueError(f"engine {config.engine!r} is not implemented")
+    except Exception as exc:
+        log.exception("loader run failed")
+        report.errors.append(f"{type(exc).__name__}: {exc}")
+    if report.errors:
+        report.status = "failed"
+    report.duration_s = time.monotonic() - started
+    metrics.RUNS.labels(report.status).inc()
+    metrics.LAST_RUN_SECONDS.set(report.duration_s)
+    log.info(
+        "loader run",
+        extra={
+            "status": report.status,
+            "engine": report.engine,
+            "discovered": report.discovered,
+            "registered": report.registered,
+            "manifests": report.manifests,
+            "rows_loaded": report.rows_loaded,
+            "pending_files": report.pending_files,
+            "oldest_pending_age_s": round(report.oldest_pending_age_s, 1),
+            "seconds": round(report.duration_s, 3),
+        },
+    )
+    return report
+
+
+def _finish(store, report: RunReport) -> None:
+    summary = store.summary()
+    metrics.observe_summary(summary)
+    report.pending_files = sum(n for (_, state), n in summary.counts.items() if state in ("NEW", "ENQUEUED"))
+    report.oldest_pending_age_s = summary.oldest_pending_age_s()
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], report: RunReport, hook) -> None:
+    from .pg import PostgresLoader
+
+    loader = PostgresLoader(config.postgres_dsn, hook=hook, lock_timeout_s=config.lock_timeout_s)
+    try:
+        loader.setup({f.app_id for f in files} | set(apps.apps))
+        report.registered = loader.store.register(files)
+        for app_id, table in loader.store.pending_groups():
+            try:
+                loader.setup([app_id])
+                results = loader.load_group(app_id, table, config.max_files, new_manifest_id)
+            except Exception as exc:
+                log.exception("load failed", extra={"app_id": app_id, "table": table})
+                report.errors.append(f"{app_id}/{table}: {type(exc).__name__}: {exc}")
+                if loader.conn.broken:
+                    raise
+                continue
+            if results is None:
+                report.busy_groups.append(f"{app_id}/{table}")
+                continue
+            for result in results:
+                report.manifests += 1
+                report.gone += len(result.gone)
+                report.add(table, result.files, result.merged_rows)
+        start = _retention_start(config)
+        if start is not None:
+            report.deleted_rows = loader.delete_expired(loader._ready_apps - {""}, config.retention_days)
+            loader.forget_before(start)
+        _finish(loader.store, report)
+    finally:
+        loader.close()
+
+
+# ------------------------------------------------------------------------------------------ DuckDB (local)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """A non-blocking lock on a file next to the local state: yields False when another run holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_duckdb(config: LoaderConfig, files: list[DataFile], report: RunReport, hook) -> None:
+    from .warehouse import publish, views_sql
+
+    hook = hook or (lambda step, info: None)
+    state_dir = Path(config.state_path)
+    with _exclusive(state_dir / LOCK_FILE) as held:
+        if not held:
+            report.status = "busy"
+            return
+        store = LocalStateStore(state_dir / STATE_DB)
+        try:
+            report.registered = store.register(files)
+            app_tables: dict[str, set[str]] = {}
+            for f in files:
+                app_tables.setdefault(f.app_id, set()).add(f.table)
+            publish(state_dir, views_sql(config.source, app_tables, config.file_suffix))
+            # the views read every file at query time: "loading" a file is recording that it is visible
+            for app_id, table in store.pending_groups():
+                while True:
+                    manifest_id = new_manifest_id()
+                    claimed = store.claim(app_id, table, config.max_files, manifest_id)
+                    if not claimed:
+                        break
+                    info = {"app_id": app_id, "table": table, "manifest_id": manifest_id}
+                    hook("claimed", info)
+                    rows, gone = 0, []
+                    for record in claimed:
+                        try:
+                            rows += pq.read_metadata(record.uri).num_rows
+                        except FileNotFoundError:
+                            gone.append(record.uri)
+                    store.mark_gone(gone)
+                    loaded = [r.uri for r in claimed if r.uri not in gone]
+                    store.mark_loaded(loaded, manifest_id)
+                    hook("marked", info)
+                    report.manifests += 1
+                    report.gone += len(gone)
+                    report.add(table, len(loaded), rows)
+            start = _retention_start(config)
+            if start is not None:
+                if config.retention_delete_files:
+                    report.deleted_partitions = delete_partitions_before(local_path(config.source), start)
+                store.forget_before(start)
+            _finish(store, report)
+        finally:
+            store.close()
+
+
+def delete_partitions_before(root: str, day: date) -> int:
+    """Delete the day folders (`partition_day=`) of the four tables whose day is before `day`; returns how many."""
+    deleted = 0
+    for table in TABLE_NAMES:
+        base = Path(root) / table
+        for folder in base.glob("partition_app=*/partition_year=*/partition_month=*/partition_day=*"):
+            try:
+                y = int(folder.parent.parent.name.split("=", 1)[1])
+                m = int(folder.parent.name.split("=", 1)[1])
+                d = int(folder.name.split("=", 1)[1])
+                folder_day = date(y, m, d)
+            except ValueError:
+                continue
+            if folder_day < day:
+                shutil.rmtree(folder, ignore_errors=True)
+                deleted += 1
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder.parent)  # an emptied month, then year
+                    os.rmdir(folder.parent.parent)
+    return deleted
