@@ -1,0 +1,45 @@
+"""Loader test inputs: the real ETL's output (made once per test session), and small hand-made Parquet files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+T0 = 1_795_811_600_000  # near the web SDK recordings' times
+
+
+@pytest.fixture(scope="session")
+def etl_ods(spark, tmp_path_factory) -> Path:
+    """The four tables from two ETL windows over the web SDK recordings. The second window re-sends events of
+    the first (SDK retries after a lost acknowledgement) and runs without the ETL's cross-run dedup, so the same
+    event ids reach two windows' files: the loader has to count them once."""
+    from clickstream_etl.config import EtlConfig
+    from clickstream_etl.job import run
+
+    from tests.etl.rawfiles import recorded_lines, write_object
+
+    base = tmp_path_factory.mktemp("etl")
+    retry = recorded_lines("retry-immediate.jsonl")
+    write_object(base / "raw", retry[:12] + recorded_lines("immediate.jsonl"), T0, name="a")
+    write_object(base / "raw", retry[12:] + recorded_lines("batch.jsonl"), T0 + 500, name="b")
+    plain = '{"enrichers": []}'
+    first = run(
+        EtlConfig(source=str(base / "raw"), sink=str(base / "ods"), plugins=plain), end=str(T0 + 1), spark=spark
+    )
+    second = run(
+        EtlConfig(source=str(base / "raw"), sink=str(base / "ods"), plugins=plain, dedup_lookback_days=0),
+        end=str(T0 + 1000),
+        spark=spark,
+    )
+    assert first.status == second.status == "succeeded"
+    return base / "ods"
+
+
+@pytest.fixture
+def ods(etl_ods, tmp_path) -> Path:
+    """A private copy of the ETL output (tests may add, rewrite or delete files)."""
+    target = tmp_path / "ods"
+    shutil.copytree(etl_ods, target, ignore=shutil.ignore_patterns("_etl", "bad_rows"))
+    return target
