@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,12 +19,15 @@ def etl_ods(spark, tmp_path_factory) -> Path:
     from clickstream_etl.config import EtlConfig
     from clickstream_etl.job import run
 
-    from tests.etl.rawfiles import recorded_lines, write_object
+    from tests.etl.rawfiles import fixtures_dir, line, recorded_lines, write_object
 
     base = tmp_path_factory.mktemp("etl")
-    retry = recorded_lines("retry-immediate.jsonl")
-    write_object(base / "raw", retry[:12] + recorded_lines("immediate.jsonl"), T0, name="a")
-    write_object(base / "raw", retry[12:] + recorded_lines("batch.jsonl"), T0 + 500, name="b")
+    posts = [json.loads(t) for t in (fixtures_dir() / "web-sdk" / "immediate.jsonl").read_text().splitlines()]
+    resent = [e for req in posts if req["method"] == "POST" for e in req["decoded"]][:4]
+    write_object(base / "raw", recorded_lines("immediate.jsonl"), T0, name="a")
+    # the same four events again in a later request (a retry after a lost acknowledgement), in the next window
+    retry = line(resent, ingest_ms=T0 + 400, app_id="shop")
+    write_object(base / "raw", [retry, *recorded_lines("batch.jsonl")], T0 + 500, name="b")
     plain = '{"enrichers": []}'
     first = run(
         EtlConfig(source=str(base / "raw"), sink=str(base / "ods"), plugins=plain), end=str(T0 + 1), spark=spark
