@@ -5,7 +5,7 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 export PORT DATA_DIR
 
-.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl etl package-etl clean
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl bench-load etl package-etl clean
 
 help:
 	@echo "make demo       start the local stack and send it realistic SDK traffic"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-stream  worker -> Kafka/Kinesis against their own ceilings, kinesis-s3-sink records/s"
 	@echo "make etl        one ETL run over ./data (SOURCE/SINK override): raw records -> the four tables"
 	@echo "make bench-etl  the ETL job on 2M generated events against its I/O floor (read + Parquet writes)"
+	@echo "make bench-load PostgreSQL loader rows/s on 1M generated events against a raw binary COPY of the same rows"
 	@echo "make package-etl   the ETL job's Python environment archive + entry point for EMR Serverless (dist/etl)"
 
 setup:
@@ -73,6 +74,10 @@ bench-etl: setup
 	@bash scripts/setup.sh etl
 	uv run python -m scripts.geoip fetch >/dev/null
 	uv run python -m scripts.bench_etl
+
+bench-load: setup
+	@bash scripts/setup.sh postgres
+	uv run python -m scripts.bench_load
 
 package-etl: setup
 	uv run python -m scripts.package_etl

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clickstream_core.settings import describe
 from clickstream_etl.config import EtlConfig
+from clickstream_loader.config import LoaderConfig
 from ingest_proxy.config import ProxyConfig
 from ingest_worker.config import WorkerConfig
 from ingest_worker.sinks.kafka import KafkaSinkConfig
@@ -46,6 +47,7 @@ SECTIONS = [
     ("kinesis-s3-sink, Kinesis source (`SOURCE=kinesis`)", KinesisSourceConfig),
     ("kinesis-s3-sink, Kafka source (`SOURCE=kafka`)", KafkaSourceConfig),
     ("etl (`clickstream-etl run`; flags override these)", EtlConfig),
+    ("loader (`clickstream-loader run`; flags override these)", LoaderConfig),
 ]
 
 

@@ -6,6 +6,7 @@
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
 #   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
 #   scripts/setup.sh kafka    + Java 17, Maven and the Apache Kafka jars (cached outside the repo); test does it too
+#   scripts/setup.sh postgres  + PostgreSQL 15 server binaries (throwaway clusters for the loader); test does it too
 #   scripts/setup.sh etl      + Java 17, Maven and Spark's S3A jars (hadoop-aws + AWS SDK, cached outside the repo);
 #                             test does it too
 set -euo pipefail
@@ -53,9 +54,12 @@ case "$want" in
   emulators)
     bash tools/emulators/setup.sh
     ;;
+  postgres)
+    apt_install postgresql-15
+    ;;
   bench)
     apt_install nginx-light wrk
     ;;
   run) ;;
-  *) echo "usage: scripts/setup.sh [run|test|bench|kafka|etl|emulators]" >&2; exit 2 ;;
+  *) echo "usage: scripts/setup.sh [run|test|bench|kafka|etl|emulators|postgres]" >&2; exit 2 ;;
 esac
