@@ -39,8 +39,18 @@ def flags(events: DataFrame, existing_ids: DataFrame | None) -> DataFrame:
     return flagged
 
 
-def mark(events: DataFrame, flagged: DataFrame) -> DataFrame:
-    """`events` with `_bad_reason='duplicate'` on every copy that is not the one kept."""
+# Flagged ids up to this many are broadcast to the events: a sort-merge join would shuffle and sort
+# every wide event row (it cost the benchmark's event_v2 write more than the write itself).
+BROADCAST_MAX_IDS = 2_000_000
+
+
+def mark(events: DataFrame, flagged: DataFrame, flagged_count: int | None = None) -> DataFrame:
+    """`events` with `_bad_reason='duplicate'` on every copy that is not the one kept.
+
+    `flagged_count` (rows of `flagged`, when the caller counted them) lets a small set be broadcast.
+    """
+    if flagged_count is not None and flagged_count <= BROADCAST_MAX_IDS:
+        flagged = F.broadcast(flagged)
     joined = events.join(flagged, "event_id", "left")
     duplicate = F.col(C.BAD_REASON).isNull() & (
         F.coalesce(F.col("_seen"), F.lit(False)) | (F.col("_keep").isNotNull() & (_arrival_key() != F.col("_keep")))

@@ -202,7 +202,7 @@ def run(
         )
         flagged = dedup.flags(events, existing).persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(flagged)
-        events = dedup.mark(events, flagged)
+        events = dedup.mark(events, flagged, flagged.count())
         good = events.where(F.col(C.BAD_REASON).isNull())
 
         staged: dict[str, tuple[str, str]] = {}
