@@ -21,6 +21,8 @@ TRAILER = b"\xff\xff"
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 PG_EPOCH_DAYS = 10_957
+_NULL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
+_VERSION = pa.scalar(b"\x01", pa.binary())
 _UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
 
 # our column kinds (schema.sql_type) -> numpy big-endian dtype of the binary send format
@@ -38,11 +40,6 @@ def _binary_from(data: np.ndarray, width: int, n: int) -> pa.Array:
     """`n` values of `width` bytes each, back to back in `data`, as a binary array (zero copy)."""
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def _nulls(n: int) -> pa.Array:
-    offsets = np.arange(0, (n + 1) * 4, 4, dtype=np.int32)
-    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b"\xff" * (4 * n))])
 
 
 def _fixed_fields(values: np.ndarray, dtype: str, valid: np.ndarray | None) -> pa.Array:
@@ -75,26 +72,31 @@ def _timestamps_us(arr: pa.Array) -> np.ndarray:
     return us - PG_EPOCH_US
 
 
-def _text_fields(arr: pa.Array, json: bool) -> pa.Array:
+def _text_fields(arr: pa.Array, json: bool) -> list:
+    """[length prefixes, payloads]: joined later with the row's other fields in one pass."""
     if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
         arr = arr.cast(pa.string())
     n = len(arr)
-    # a null's length is -1 and its payload empty, so the joined field is just ff ff ff ff
+    # a null's length is -1 and its payload empty, so its field is just ff ff ff ff
     lengths = pc.fill_null(pc.binary_length(arr), -1 - int(json)).to_numpy(zero_copy_only=False).astype(np.int32)
     payload = arr.cast(pa.binary())
-    if json:
-        lengths += 1  # the jsonb version byte
-        payload = pc.binary_join_element_wise(pc.if_else(arr.is_valid(), b"\x01", b""), payload, b"")
-    prefix = _binary_from(lengths.astype(">i4").view(np.uint8), 4, n)
-    return pc.binary_join_element_wise(prefix, pc.fill_null(payload, b""), b"")
+    parts = [_binary_from(_be32(lengths + int(json)), 4, n)]
+    if json:  # the jsonb version byte
+        parts.append(pc.if_else(arr.is_valid(), b"\x01", b"") if arr.null_count else _VERSION)
+    parts.append(pc.fill_null(payload, b"") if arr.null_count else payload)
+    return parts
 
 
-def column_fields(arr: pa.Array, pg_type: str) -> pa.Array:
-    """One column's COPY fields (length + value) as a binary array."""
+def _be32(values: np.ndarray) -> np.ndarray:
+    return values.astype(">i4").view(np.uint8)
+
+
+def column_fields(arr: pa.Array, pg_type: str) -> list:
+    """One column's COPY fields (length + value) as binary arrays (or scalars) to concatenate row-wise."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.null_count == len(arr):
-        return _nulls(len(arr))
+        return [_NULL]
     valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
     if pg_type == "jsonb":
         return _text_fields(arr, json=True)
@@ -103,17 +105,18 @@ def column_fields(arr: pa.Array, pg_type: str) -> pa.Array:
     if pg_type == "timestamp":
         if not pa.types.is_timestamp(arr.type):
             arr = arr.cast(pa.timestamp("us", tz="UTC"))
-        return _fixed_fields(_timestamps_us(arr), ">i8", valid)
+        return [_fixed_fields(_timestamps_us(arr), ">i8", valid)]
     if pg_type == "date":
         days = _integers(arr.cast(pa.date32()).cast(pa.int32())) - PG_EPOCH_DAYS
-        return _fixed_fields(days, ">i4", valid)
+        return [_fixed_fields(days, ">i4", valid)]
     if pg_type == "boolean":
-        return _fixed_fields(_integers(arr.cast(pa.uint8())), "u1", valid)
+        return [_fixed_fields(_integers(arr.cast(pa.uint8())), "u1", valid)]
     if pg_type == "double precision":
-        return _fixed_fields(pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False), ">f8", valid)
+        values = pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        return [_fixed_fields(values, ">f8", valid)]
     if pg_type in ("bigint", "integer"):
         target = pa.int64() if pg_type == "bigint" else pa.int32()
-        return _fixed_fields(_integers(arr.cast(target)), _FIXED[pg_type], valid)
+        return [_fixed_fields(_integers(arr.cast(target)), _FIXED[pg_type], valid)]
     raise ValueError(f"no binary COPY encoder for {pg_type}")
 
 
@@ -122,9 +125,12 @@ def encode_batch(columns: list[pa.Array], pg_types: list[str]) -> memoryview:
     n = len(columns[0])
     if n == 0:
         return memoryview(b"")
-    count = pa.scalar(len(columns).to_bytes(2, "big"), pa.binary())
-    fields = [column_fields(arr, t) for arr, t in zip(columns, pg_types, strict=True)]
-    rows = pc.binary_join_element_wise(count, *fields, b"")
+    parts: list = [pa.scalar(len(columns).to_bytes(2, "big"), pa.binary())]
+    for arr, pg_type in zip(columns, pg_types, strict=True):
+        parts += column_fields(arr, pg_type)
+    if not any(isinstance(p, pa.Array) for p in parts):  # every column null: one array to fix the length
+        parts[0] = pa.array([parts[0].as_py()] * n, pa.binary())
+    rows = pc.binary_join_element_wise(*parts, b"")
     if pa.types.is_binary(rows.type) and rows.offset == 0:
         offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32, count=n + 1)
         return memoryview(rows.buffers()[2])[offsets[0] : offsets[-1]]
