@@ -122,3 +122,15 @@ def test_unregistered_apps_are_not_discovered(tmp_path):
     registered = discover(str(tmp_path), AppConfig.from_mapping({"apps": [{"app_id": "shop"}]}))
     assert [(f.app_id, f.table, f.event_day) for f in registered] == [("shop", "event_v2", date(2026, 3, 1))]
     assert registered[0].uri == str(tmp_path / registered[0].uri.split(str(tmp_path) + "/")[1])
+
+
+def test_cli_run_exit_status_0_then_1_when_the_warehouse_is_unreachable(tmp_path, capsys):
+    from tests.loader.helpers import event, write
+
+    write(tmp_path, "event_v2", [event("e1")], tag="a")
+    assert cli(["run", "--source", str(tmp_path), "--engine", "duckdb"]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    dsn = "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"
+    assert cli(["run", "--source", str(tmp_path), "--engine", "postgres", "--postgres-dsn", dsn]) == 1
+    captured = capsys.readouterr()
+    assert "failed" in captured.out and "127.0.0.1:1" not in captured.out  # the DSN is not printed
