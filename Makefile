@@ -8,8 +8,8 @@ export PORT DATA_DIR
 .PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl bench-load etl package-etl clean
 
 help:
-	@echo "make demo       start the local stack and send it realistic SDK traffic"
-	@echo "make up         run the local stack in the foreground (Ctrl-C drains and stops);"
+	@echo "make demo       the whole pipeline (ingest, ETL, loader, DuckDB reports) fed realistic SDK traffic"
+	@echo "make up         run the local stack and the pipeline in the foreground (Ctrl-C drains and stops);"
 	@echo "                SINK=kafka or SINK=kinesis buffers through a real Kafka broker or the Kinesis emulator"
 	@echo "make test       every test, with the real components (Chromium, S3 API server)"
 	@echo "make lint       ruff + hadolint"

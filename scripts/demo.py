@@ -1,11 +1,15 @@
-"""`make demo`: start the local stack and send it a realistic stream of SDK traffic.
+"""`make demo`: the whole pipeline on one machine, fed a realistic stream of SDK traffic.
 
-    python -m scripts.demo [--seconds 60] [--visitors 20] [--port 8080] [--data-dir ./data]
+    python -m scripts.demo [--seconds 60] [--visitors 20] [--interval 30] [--port 8080] [--data-dir ./data]
 
-Visitors from several countries, devices and traffic sources play sessions (page views, scrolls,
-clicks, searches, carts, purchases); web visitors post JSON arrays like the web SDK, app visitors
-post gzip+Base64 bodies like the mobile SDKs. At the end the stack drains and the demo checks that
-every acknowledged request is in the raw data, then prints where the data is.
+The local stack (proxy + worker writing raw objects to a local folder) and the pipeline scheduler
+(scripts/pipeline.py: the ETL and then the loader every `--interval` seconds, DuckDB views as the
+warehouse) run while visitors from several countries, devices and traffic sources play sessions
+(page views, scrolls, clicks, searches, carts, purchases); web visitors post JSON arrays like the
+web SDK, app visitors post gzip+Base64 bodies like the mobile SDKs. At the end the stack drains,
+the scheduler runs a last cycle, and the demo checks that every acknowledged request is in the raw
+data and every accepted event is in the warehouse (or a bad row), then prints a few headline
+numbers from the reporting views.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from pathlib import Path
 
 import aiohttp
 
-from scripts import sdkgen
+from scripts import pipeline, sdkgen
 from scripts.stack import LocalStack, read_lake
+
+APP_IDS = ["shop", "news_app"]
 
 
 async def visitor_loop(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, stats: dict, app_id: str) -> None:
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--worker-port", type=int, default=int(os.environ.get("WORKER_HTTP_PORT", "8686")))
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
+    parser.add_argument("--interval", type=float, default=float(os.environ.get("PIPELINE_INTERVAL_S", "30")))
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir).resolve()
@@ -99,30 +106,90 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"starting the local stack on {stack.url} (logs in {data_dir / 'logs'})", flush=True)
     stack.start()
+    print(f"starting the pipeline: ETL + loader every {args.interval:g} s (logs/pipeline.log)", flush=True)
+    scheduler = pipeline.start_process(data_dir, args.interval, data_dir / "logs")
     try:
         duration = "until Ctrl-C" if args.seconds <= 0 else f"for {args.seconds:g} s"
         print(f"sending SDK traffic from {args.visitors} visitors {duration}", flush=True)
-        stats = asyncio.run(send_traffic(stack.url, args.seconds, args.visitors, ["shop", "news_app"]))
+        stats = asyncio.run(send_traffic(stack.url, args.seconds, args.visitors, APP_IDS))
     finally:
         print("draining the stack (uploads the last objects)", flush=True)
         stack.stop()
+        print("last pipeline cycle (ETL + load of everything that arrived)", flush=True)
+        pipeline_rc = pipeline.stop_process(scheduler)
 
     records = read_lake(stack.lake)
     landed = {record["rid"] for record in records}
     missing = stats["rids"] - landed
     objects = sorted(stack.lake.rglob("*.gz"))
+    layout = pipeline.Layout(data_dir)
     print(
         f"\nresults\n"
         f"  requests accepted (200): {stats[200]}   events in them: {stats['events']}\n"
         f"  retry-later (503): {stats[503]}   client errors: {stats['errors']}\n"
-        f"  raw objects: {len(objects)} under {stack.lake / 'clickstream/default/data/buffer'}\n"
+        f"  raw objects: {len(objects)} under {layout.raw}\n"
         f"  raw records: {len(records)}; acknowledged requests missing from the data: {len(missing)}",
         flush=True,
     )
+    warehouse = summary(layout) if pipeline_rc == 0 else None
+    if warehouse is None:
+        print(f"demo FAILED: the pipeline exited with {pipeline_rc} (see {data_dir / 'logs' / 'pipeline.log'})")
+        return 1
+    if warehouse["events"] + warehouse["bad"] != stats["events"]:
+        print(
+            f"demo FAILED: {stats['events']} events accepted, but {warehouse['events']} in event_v2 "
+            f"and {warehouse['bad']} bad rows",
+            file=sys.stderr,
+        )
+        return 1
     if not stats[200] or missing:
         print("demo FAILED: acknowledged requests are missing from the raw data", file=sys.stderr)
         return 1
     return 0
+
+
+def summary(layout: pipeline.Layout) -> dict:
+    """Headline numbers from the reporting views over the warehouse (DuckDB, in this process's memory)."""
+    import json
+
+    from clickstream_loader.reporting import Target, create_objects
+    from clickstream_loader.warehouse import connect_duckdb
+
+    bad = 0
+    for report in sorted((layout.ods / "_etl" / "runs").glob("job-*.json")):
+        bad += sum(json.loads(report.read_text()).get("bad", {}).values())
+    con = connect_duckdb(layout.warehouse)
+    schemas = {row[0] for row in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
+    events = 0
+    print(f"\nwarehouse (DuckDB views over {layout.ods}; readers: clickstream_loader.warehouse.connect_duckdb)")
+    for app in APP_IDS:
+        if app not in schemas:
+            print(f"  {app}: no data")
+            continue
+        create_objects(con, "duckdb", Target.of(app))
+
+        def q(sql: str, schema: str = app) -> list:
+            return con.execute(sql.replace("{s}", f'"{schema}"')).fetchall()
+
+        count = q('SELECT COUNT(*) FROM {s}."event_v2"')[0][0]
+        events += count
+        users, sessions = q('SELECT COUNT(DISTINCT user_pseudo_id), COUNT(*) FROM {s}."session"')[0]
+        channels = q(
+            "SELECT aggregation_dim, SUM(session_count), SUM(engaged_session_count) "
+            'FROM {s}."clickstream_acquisition_day_user_acquisition" '
+            "WHERE aggregation_type = 'Session channel group' GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
+        )
+        countries = q(
+            'SELECT geo_country, SUM(user_count) FROM {s}."clickstream_acquisition_country_new_user" '
+            "GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
+        )
+        views = q('SELECT SUM(view_count) FROM {s}."clickstream_engagement_day_event_view"')[0][0]
+        print(f"  {app}: {count} events, {users} users, {sessions} sessions, {views or 0} page/screen views")
+        print("    sessions (engaged) by channel: " + ", ".join(f"{c} {n} ({e})" for c, n, e in channels))
+        print("    new users by country: " + ", ".join(f"{c} {n}" for c, n in countries))
+    con.close()
+    print(f"  bad rows: {bad} (by reason in {layout.ods / 'bad_rows'})")
+    return {"events": events, "bad": bad}
 
 
 if __name__ == "__main__":

