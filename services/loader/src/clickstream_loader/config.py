@@ -59,6 +59,21 @@ class LoaderConfig:
         "LOADER_LOCK_TIMEOUT_S", 30.0, "Wait at most this long for a warehouse lock before failing the run"
     )
 
+    reporting: bool = env(
+        "LOADER_REPORTING",
+        True,
+        "postgres: after a pass that loaded an app's rows, create its reporting objects (when missing or changed) "
+        "and refresh the touched days; duckdb: publish the reporting views with the app's views",
+    )
+    refresh_days: int = env(
+        "LOADER_REFRESH_DAYS", 1, "Reporting refresh window: this many days before today plus today (app time zone)"
+    )
+    metadata_interval_s: float = env(
+        "LOADER_METADATA_INTERVAL_S",
+        3600.0,
+        "Run an app's metadata scan at most this often (seconds; 0 = every pass that loaded it; the reference: daily)",
+    )
+
     def problems(self):
         if not self.source:
             yield "LOADER_SOURCE_URI (--source) is required"
@@ -83,6 +98,10 @@ class LoaderConfig:
             yield "LOADER_RETENTION_DAYS must not be negative (0 keeps everything)"
         if not self.file_suffix:
             yield "LOADER_FILE_SUFFIX must not be empty"
+        if self.refresh_days < 0:
+            yield "LOADER_REFRESH_DAYS must not be negative (0 refreshes today only)"
+        if self.metadata_interval_s < 0:
+            yield "LOADER_METADATA_INTERVAL_S must not be negative"
         if self.lock_timeout_s <= 0:
             yield "LOADER_LOCK_TIMEOUT_S must be positive"
 

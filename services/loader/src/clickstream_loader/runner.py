@@ -50,6 +50,9 @@ class RunReport:
     oldest_pending_age_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    # per app: postgres {"created", "refreshed": [[start, end]], "metadata": [...], "metadata_pending"};
+    # duckdb {"published": bool} (the reporting views are part of the published definitions)
+    reporting: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +85,7 @@ def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> 
         if config.engine == "postgres":
             _run_postgres(config, apps, files, report, hook)
         elif config.engine == "duckdb":
-            _run_duckdb(config, files, report, hook)
+            _run_duckdb(config, files, report, hook, apps)
         else:
             raise ValueError(f"engine {config.engine!r} is not implemented")
     except Exception as exc:
@@ -127,6 +130,7 @@ def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], 
     try:
         loader.setup({f.app_id for f in files} | set(apps.apps))
         report.registered = loader.store.register(files)
+        touched: dict[str, set[date]] = {}  # app -> UTC event days of the files whose rows were merged
         for app_id, table in loader.store.pending_groups():
             try:
                 loader.setup([app_id])
@@ -144,6 +148,10 @@ def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], 
                 report.manifests += 1
                 report.gone += len(result.gone)
                 report.add(table, result.files, result.merged_rows)
+                if result.merged_rows:
+                    touched.setdefault(app_id, set()).update(result.days)
+        if config.reporting:
+            _refresh_reporting(config, apps, loader, touched, report)
         start = _retention_start(config)
         if start is not None:
             report.deleted_rows = loader.delete_expired(loader._ready_apps - {""}, config.retention_days)
@@ -151,6 +159,25 @@ def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], 
         _finish(loader.store, report)
     finally:
         loader.close()
+
+
+def _refresh_reporting(config: LoaderConfig, apps: AppConfig, loader, touched: dict, report: RunReport) -> None:
+    from . import reports
+
+    for app_id in sorted(set(touched) | reports.apps_with_pending_metadata(loader.conn)):
+        try:
+            report.reporting[app_id] = reports.refresh_app(
+                loader.conn,
+                reports.target_of(apps, app_id),
+                touched.get(app_id, set()),
+                refresh_days=config.refresh_days,
+                metadata_interval_s=config.metadata_interval_s,
+            )
+        except Exception as exc:
+            log.exception("reporting refresh failed", extra={"app_id": app_id})
+            report.errors.append(f"{app_id}/reporting: {type(exc).__name__}: {exc}")
+            if loader.conn.broken:
+                raise
 
 
 # ------------------------------------------------------------------------------------------ DuckDB (local)
@@ -172,7 +199,8 @@ def _exclusive(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run_duckdb(config: LoaderConfig, files: list[DataFile], report: RunReport, hook) -> None:
+def _run_duckdb(config: LoaderConfig, files: list[DataFile], report: RunReport, hook, apps: AppConfig) -> None:
+    from .reports import target_of
     from .warehouse import publish, views_sql
 
     hook = hook or (lambda step, info: None)
@@ -187,7 +215,10 @@ def _run_duckdb(config: LoaderConfig, files: list[DataFile], report: RunReport, 
             app_tables: dict[str, set[str]] = {}
             for f in files:
                 app_tables.setdefault(f.app_id, set()).add(f.table)
-            publish(state_dir, views_sql(config.source, app_tables, config.file_suffix))
+            targets = {a: target_of(apps, a) for a in app_tables} if config.reporting else None
+            published = publish(state_dir, views_sql(config.source, app_tables, config.file_suffix, targets))
+            if targets:
+                report.reporting = {a: {"published": published} for a in sorted(targets)}
             # the views read every file at query time: "loading" a file is recording that it is visible
             for app_id, table in store.pending_groups():
                 while True:
