@@ -113,6 +113,7 @@ class ManifestResult:
     merged_rows: int
     gone: list[str]
     seconds: float
+    days: frozenset = frozenset()  # the (UTC) event days of the loaded files
 
 
 class PostgresLoader:
@@ -219,7 +220,15 @@ class PostgresLoader:
             self.hook("marked", info)
         self.hook("committed", info)
         result = ManifestResult(
-            manifest_id, app_id, table, len(loaded), staged, merged, gone, time.monotonic() - started
+            manifest_id,
+            app_id,
+            table,
+            len(loaded),
+            staged,
+            merged,
+            gone,
+            time.monotonic() - started,
+            frozenset(by_uri[u].event_day for u in loaded),
         )
         log.info(
             "manifest loaded",

@@ -79,13 +79,30 @@ def view_sql(source_root: str, app_id: str, table: str, has_files: bool, suffix:
     )
 
 
-def views_sql(source_root: str, app_tables: dict[str, set[str]], suffix: str = ".snappy.parquet") -> str:
-    """Every app's schema and views; `app_tables` maps an app to the tables that have at least one file."""
+def views_sql(
+    source_root: str,
+    app_tables: dict[str, set[str]],
+    suffix: str = ".snappy.parquet",
+    targets: dict | None = None,
+) -> str:
+    """Every app's schema and views; `app_tables` maps an app to the tables that have at least one file.
+
+    With `targets` (app id -> `reporting.Target`: time zone, project id), each app's reporting objects follow
+    its four views, as DuckDB views (`reporting.object_sql(..., mode="views")`): a reader of the published
+    definitions queries `"<app>"."clickstream_acquisition_day_user_view_cnt"` and the rest with no extra step."""
+    from . import reporting
+
     parts = []
     for app in sorted(app_tables):
         parts.append(f"CREATE SCHEMA IF NOT EXISTS {quote(schema_name(app))}")
         for table in TABLE_NAMES:
             parts.append(view_sql(source_root, app, table, table in app_tables[app], suffix))
+        if targets is not None:
+            target = targets.get(app) or reporting.Target.of(app)
+            for statement in reporting.object_sql("duckdb", target, mode="views"):
+                if statement.startswith("CREATE VIEW"):  # a reader's own database may hold an older one
+                    statement = "CREATE OR REPLACE VIEW" + statement[len("CREATE VIEW") :]
+                parts.append(statement)
     return ";\n\n".join(parts) + (";\n" if parts else "")
 
 

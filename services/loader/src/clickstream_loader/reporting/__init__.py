@@ -1,7 +1,7 @@
 """The reporting SQL layer and the metadata scan of each app (reference-system.md §5.3, §5.4); see docs/reporting.md."""
 
 from .aggregates import AGGREGATES
-from .materialize import Target, backfill, create_objects, last_refresh_date, refresh
+from .materialize import Target, backfill, create_objects, last_refresh_date, object_sql, refresh
 from .metadata import METADATA
 from .metadata import scan as scan_metadata
 from .views import BASE_VIEW, EVENT_VIEW
@@ -15,6 +15,7 @@ __all__ = [
     "backfill",
     "create_objects",
     "last_refresh_date",
+    "object_sql",
     "refresh",
     "scan_metadata",
 ]

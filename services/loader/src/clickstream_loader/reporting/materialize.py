@@ -126,12 +126,39 @@ def create_objects(
                 run.run(f"CREATE VIEW {s}.{ident(agg.name)} AS {select}")
             else:
                 run.run(f"CREATE TABLE IF NOT EXISTS {s}.{ident(agg.name)} AS SELECT * FROM ({select}) AS q LIMIT 0")
-        run.run(
-            f"CREATE TABLE IF NOT EXISTS {s}.{ident(STATUS_TABLE)} ("
-            '"refresh_name" VARCHAR(255) NOT NULL, "refresh_type" VARCHAR(16) NOT NULL, '
-            '"start_date" DATE, "refresh_date" DATE, "status" VARCHAR(16) NOT NULL, '
-            '"triggered_by" VARCHAR(32) NOT NULL, "message" VARCHAR(2048), "log_time" TIMESTAMP NOT NULL)'
-        )
+        run.run(status_table_sql(target))
+
+
+def status_table_sql(target: Target) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {ident(target.schema)}.{ident(STATUS_TABLE)} ("
+        '"refresh_name" VARCHAR(255) NOT NULL, "refresh_type" VARCHAR(16) NOT NULL, '
+        '"start_date" DATE, "refresh_date" DATE, "status" VARCHAR(16) NOT NULL, '
+        '"triggered_by" VARCHAR(32) NOT NULL, "message" VARCHAR(2048), "log_time" TIMESTAMP NOT NULL)'
+    )
+
+
+def object_sql(engine: str, target: Target, *, mode: str | None = None, top_n: int = 20) -> list[str]:
+    """The statements that create an app's reporting objects on `engine`, rendered, without the drops.
+
+    `create_objects` runs the same definitions; the loader publishes this text for DuckDB (views) and keeps a
+    digest of it on PostgreSQL to recreate the objects only when a definition changed."""
+    mode = mode or default_mode(engine)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    run = Runner(None, engine)
+    s = ident(target.schema)
+    out = [run.text(views.sql(t, target.schema, tz_literal(target.timezone))) for t in views.VIEWS.values()]
+    out += [views.sql(per_engine[engine], target.schema, "") for per_engine in views.NATIVE_VIEWS.values()]
+    for agg in _objects():
+        select = aggregate_select(agg, target, top_n=top_n)
+        if mode == "views":
+            out.append(run.text(f"CREATE VIEW {s}.{ident(agg.name)} AS {select}"))
+        else:
+            table = f"{s}.{ident(agg.name)}"
+            out.append(run.text(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM ({select}) AS q LIMIT 0"))
+    out.append(run.text(status_table_sql(target)))
+    return out
 
 
 def _existing_kind(run: Runner, schema: str, name: str) -> str | None:
