@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(layout: pipeline.Layout) -> dict:
-    """Headline numbers from the reporting views over the warehouse (DuckDB, in this process's memory)."""
+    """Headline numbers from the reporting views the loader published with the warehouse (DuckDB, read in this
+    process's memory: no write lock on anything)."""
     import json
 
-    from clickstream_loader.reporting import Target, create_objects
     from clickstream_loader.warehouse import connect_duckdb
 
     bad = 0
@@ -166,7 +166,6 @@ def summary(layout: pipeline.Layout) -> dict:
         if app not in schemas:
             print(f"  {app}: no data")
             continue
-        create_objects(con, "duckdb", Target.of(app))
 
         def q(sql: str, schema: str = app) -> list:
             return con.execute(sql.replace("{s}", f'"{schema}"')).fetchall()
