@@ -5,7 +5,7 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 export PORT DATA_DIR
 
-.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl bench-load etl package-etl clean
+.PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl bench-load bench-freshness etl package-etl clean
 
 help:
 	@echo "make demo       the whole pipeline (ingest, ETL, loader, DuckDB reports) fed realistic SDK traffic"
@@ -18,6 +18,7 @@ help:
 	@echo "make etl        one ETL run over ./data (SOURCE/SINK override): raw records -> the four tables"
 	@echo "make bench-etl  the ETL job on 2M generated events against its I/O floor (read + Parquet writes)"
 	@echo "make bench-load PostgreSQL loader rows/s on 1M generated events against a raw binary COPY of the same rows"
+	@echo "make bench-freshness  event sent -> visible in the warehouse, p50/p95, with the 30 s schedule"
 	@echo "make package-etl   the ETL job's Python environment archive + entry point for EMR Serverless (dist/etl)"
 
 setup:
@@ -78,6 +79,9 @@ bench-etl: setup
 bench-load: setup
 	@bash scripts/setup.sh postgres
 	uv run python -m scripts.bench_load
+
+bench-freshness: setup
+	uv run python -m scripts.bench_freshness
 
 package-etl: setup
 	uv run python -m scripts.package_etl
