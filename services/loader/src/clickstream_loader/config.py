@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -26,7 +27,7 @@ class LoaderConfig:
     engine: str = env(
         "LOADER_ENGINE",
         "duckdb",
-        "Warehouse: duckdb (embedded views over the Parquet, no server), postgres, redshift (not yet)",
+        "Warehouse: duckdb (embedded views over the Parquet, no server), postgres, redshift (through the Data API)",
         one_of(*ENGINES),
     )
     source: str = env(
@@ -74,6 +75,49 @@ class LoaderConfig:
         "Run an app's metadata scan at most this often (seconds; 0 = every pass that loaded it; the reference: daily)",
     )
 
+    # ----------------------------------------------------------------------------- AWS paths (redshift, glue)
+    state_table: str = env(
+        "LOADER_STATE_TABLE",
+        "",
+        "DynamoDB status table of the file states (the reference's; created when missing); required with redshift, "
+        "optional with duckdb; refused with postgres (its states commit with the rows)",
+    )
+    state_lease_s: float = env(
+        "LOADER_STATE_LEASE_S",
+        900.0,
+        "DynamoDB states: an ENQUEUED claim older than this (seconds) is re-picked (its loader is presumed dead)",
+    )
+    redshift_workgroup: str = env("LOADER_REDSHIFT_WORKGROUP", "", "Redshift Serverless workgroup (or a cluster id)")
+    redshift_cluster_id: str = env(
+        "LOADER_REDSHIFT_CLUSTER_ID", "", "Provisioned Redshift cluster identifier (or a serverless workgroup)"
+    )
+    redshift_database: str = env("LOADER_REDSHIFT_DATABASE", "", "Redshift database (one per project)")
+    redshift_secret_arn: str = env(
+        "LOADER_REDSHIFT_SECRET_ARN", "", "Secrets Manager ARN of the Data API's credentials (or a db user, or IAM)"
+    )
+    redshift_db_user: str = env(
+        "LOADER_REDSHIFT_DB_USER", "", "Database user for temporary credentials (provisioned cluster only)"
+    )
+    redshift_iam_role: str = env(
+        "LOADER_REDSHIFT_IAM_ROLE", "", "ARN of the IAM role Redshift assumes to COPY from S3 (arn:aws:iam::…:role/…)"
+    )
+    manifest_prefix: str = env(
+        "LOADER_MANIFEST_PREFIX",
+        "",
+        "s3://bucket/prefix/ where the COPY manifests are written (<prefix><table>/manifest/<app>-<id>.manifest)",
+    )
+    redshift_timeout_s: float = env(
+        "LOADER_REDSHIFT_TIMEOUT_S", 3600.0, "Fail a Data API statement still running after this many seconds"
+    )
+    redshift_retries: int = env(
+        "LOADER_REDSHIFT_RETRIES", 3, "Resubmissions of a batch that failed for a retriable reason (conflict, lock)"
+    )
+    glue_database: str = env(
+        "LOADER_GLUE_DATABASE",
+        "",
+        "Glue database for Athena: each pass creates it, the four tables and new files' partitions (S3 source)",
+    )
+
     def problems(self):
         if not self.source:
             yield "LOADER_SOURCE_URI (--source) is required"
@@ -83,8 +127,7 @@ class LoaderConfig:
             yield f"LOADER_SOURCE_URI {self.source!r} has no bucket"
         if self.engine == "postgres" and not self.postgres_dsn:
             yield "LOADER_POSTGRES_DSN (--postgres-dsn) is required with LOADER_ENGINE=postgres"
-        if self.engine == "redshift":
-            yield "LOADER_ENGINE=redshift is not implemented yet (Redshift Data API path): use postgres or duckdb"
+        yield from self._aws_problems()
         if self.engine == "duckdb" and self.source and _is_s3(self.source):
             yield (
                 "LOADER_ENGINE=duckdb reads a local folder only (DuckDB's httpfs extension cannot be installed "
@@ -104,6 +147,50 @@ class LoaderConfig:
             yield "LOADER_METADATA_INTERVAL_S must not be negative"
         if self.lock_timeout_s <= 0:
             yield "LOADER_LOCK_TIMEOUT_S must be positive"
+
+    def _aws_problems(self):
+        if self.state_table and self.engine == "postgres":
+            yield (
+                "LOADER_STATE_TABLE is not used with LOADER_ENGINE=postgres: its file states commit in the same "
+                "transaction as the rows; unset it"
+            )
+        if self.state_lease_s <= 0:
+            yield "LOADER_STATE_LEASE_S must be positive"
+        if self.glue_database:
+            if not re.fullmatch(r"[a-z0-9_]{1,255}", self.glue_database):
+                yield f"LOADER_GLUE_DATABASE {self.glue_database!r}: use lower-case letters, digits and _"
+            if self.source and not _is_s3(self.source):
+                yield "LOADER_GLUE_DATABASE needs LOADER_SOURCE_URI on S3 (Glue tables point at S3 locations)"
+        if self.engine != "redshift":
+            return
+        if self.source and not _is_s3(self.source):
+            yield "LOADER_ENGINE=redshift needs LOADER_SOURCE_URI on S3 (Redshift COPYs from S3)"
+        if not self.state_table:
+            yield "LOADER_STATE_TABLE (a DynamoDB table name) is required with LOADER_ENGINE=redshift"
+        if bool(self.redshift_workgroup) == bool(self.redshift_cluster_id):
+            yield (
+                "LOADER_ENGINE=redshift needs exactly one of LOADER_REDSHIFT_WORKGROUP (serverless) and "
+                "LOADER_REDSHIFT_CLUSTER_ID (provisioned)"
+            )
+        if not self.redshift_database:
+            yield "LOADER_REDSHIFT_DATABASE is required with LOADER_ENGINE=redshift"
+        if self.redshift_secret_arn and self.redshift_db_user:
+            yield "set LOADER_REDSHIFT_SECRET_ARN or LOADER_REDSHIFT_DB_USER, not both"
+        if self.redshift_secret_arn and not self.redshift_secret_arn.startswith("arn:"):
+            yield f"LOADER_REDSHIFT_SECRET_ARN {self.redshift_secret_arn!r} is not an ARN"
+        if self.redshift_db_user and self.redshift_workgroup:
+            yield "LOADER_REDSHIFT_DB_USER works with a provisioned cluster only (serverless: a secret ARN or IAM)"
+        if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/\S+", self.redshift_iam_role):
+            yield "LOADER_REDSHIFT_IAM_ROLE must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+        elif "'" in self.redshift_iam_role:
+            yield "LOADER_REDSHIFT_IAM_ROLE must not contain a quote"
+        prefix = urlparse(self.manifest_prefix)
+        if prefix.scheme != "s3" or not prefix.netloc:
+            yield "LOADER_MANIFEST_PREFIX must be s3://bucket/prefix/ with LOADER_ENGINE=redshift"
+        if self.redshift_timeout_s <= 0:
+            yield "LOADER_REDSHIFT_TIMEOUT_S must be positive"
+        if self.redshift_retries < 0:
+            yield "LOADER_REDSHIFT_RETRIES must not be negative"
 
     @property
     def state_path(self) -> str:

@@ -86,6 +86,10 @@ def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> 
             _run_postgres(config, apps, files, report, hook)
         elif config.engine == "duckdb":
             _run_duckdb(config, files, report, hook, apps)
+        elif config.engine == "redshift":
+            from .redshift import run_redshift
+
+            run_redshift(config, apps, files, report, hook)
         else:
             raise ValueError(f"engine {config.engine!r} is not implemented")
     except Exception as exc:
