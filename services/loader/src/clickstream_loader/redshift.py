@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -445,7 +446,8 @@ async def _load_all(config, store: StateStore, report, hook) -> None:
         config.redshift_db_user,
     )
     client_config = AioConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-    async with get_session().create_client("redshift-data", config=client_config) as client:
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    async with get_session().create_client("redshift-data", region_name=region, config=client_config) as client:
         api = DataApi(client, target, timeout_s=config.redshift_timeout_s, retries=config.redshift_retries)
         loader = RedshiftLoader(store, api, config.redshift_iam_role, config.manifest_prefix, hook)
         for app_id, table in store.pending_groups():
