@@ -49,6 +49,7 @@ class RunReport:
     pending_files: int = 0
     oldest_pending_age_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    glue_partitions: int = 0  # Glue partitions created (LOADER_GLUE_DATABASE)
     duration_s: float = 0.0
     # per app: postgres {"created", "refreshed": [[start, end]], "metadata": [...], "metadata_pending"};
     # duckdb {"published": bool} (the reporting views are part of the published definitions)
@@ -82,6 +83,10 @@ def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> 
     try:
         files = discover(config.source, apps, config.file_suffix, _retention_start(config))
         report.discovered = len(files)
+        if config.glue_database:  # the Athena side, alongside any engine
+            from .glue import sync_catalog
+
+            report.glue_partitions = sync_catalog(config.glue_database, config.source, files)
         if config.engine == "postgres":
             _run_postgres(config, apps, files, report, hook)
         elif config.engine == "duckdb":

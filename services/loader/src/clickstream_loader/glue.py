@@ -1,0 +1,201 @@
+"""The Athena side (reference-system.md §4.8, §5.5): a Glue database with the four tables over the ETL's Parquet,
+their partitions, and the reference's named-query texts.
+
+Each table: Parquet SerDe, the data model's columns (`clickstream_core.tables`: Spark DDL types are Hive types),
+partition keys `partition_app`, `partition_year`, `partition_month`, `partition_day` (strings), location
+`<source>/<table>/`. Each pass adds the partitions of the discovered files (`batch_create_partition`, 100 at a
+time; partitions that exist already are not an error), so Athena sees new days without `MSCK REPAIR TABLE`
+(the reference runs a daily partition-syncer Lambda instead). Runs alongside any warehouse engine when
+LOADER_GLUE_DATABASE is set. aiobotocore Glue client; the endpoint honours `AWS_ENDPOINT_URL_GLUE` /
+`AWS_ENDPOINT_URL`.
+
+The named queries ("Clickstream - All Data Query", "- Event Query", "- User Query", "- Session Query", "- Item
+Query") are written in PostgreSQL's dialect and rendered for Athena by sqlrender; `?` are Athena execution
+parameters: the app id, then the first and last day as `YYYYMMDD`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+
+from clickstream_core.tables import PARTITION_COLUMNS, TABLES
+
+from .discovery import DataFile, table_root
+from .schema import TABLE_NAMES, quote
+from .sqlrender import render
+
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+
+
+def hive_type(type_: str) -> str:
+    """clickstream_core's Spark DDL type as Glue/Hive spells it (the same words, lower case)."""
+    return type_.replace(" ", "").lower()
+
+
+def _storage(location: str, columns: list[dict] | None = None) -> dict:
+    descriptor = {
+        "Location": location,
+        "InputFormat": PARQUET_INPUT,
+        "OutputFormat": PARQUET_OUTPUT,
+        "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE, "Parameters": {"serialization.format": "1"}},
+        "Compressed": True,
+    }
+    if columns is not None:
+        descriptor["Columns"] = columns
+    return descriptor
+
+
+def s3_location(uri: str) -> str:
+    return "s3://" + uri.split("://", 1)[1].rstrip("/") + "/"
+
+
+def table_input(source: str, table: str) -> dict:
+    columns = [{"Name": c.name, "Type": hive_type(c.type)} for c in TABLES[table].columns]
+    return {
+        "Name": table,
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE", "parquet.compression": "SNAPPY"},
+        "StorageDescriptor": _storage(s3_location(table_root(source, table)), columns),
+        "PartitionKeys": [{"Name": name, "Type": "string"} for name in PARTITION_COLUMNS],
+    }
+
+
+def partition_values(f: DataFile) -> tuple[str, str, str, str]:
+    day = f.event_day
+    return (f.app_id, f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}")
+
+
+def partition_input(source: str, table: str, values: tuple[str, ...]) -> dict:
+    path = "/".join(f"{k}={v}" for k, v in zip(PARTITION_COLUMNS, values, strict=True))
+    return {"Values": list(values), "StorageDescriptor": _storage(s3_location(f"{table_root(source, table)}/{path}"))}
+
+
+async def _ignore_exists(call) -> bool:
+    """True when the call created something, False when it existed already."""
+    try:
+        await call
+    except Exception as exc:  # botocore ClientError (or the client's modeled AlreadyExistsException)
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "AlreadyExistsException":
+            return False
+        raise
+    return True
+
+
+async def ensure_catalog(glue, database: str, source: str) -> None:
+    """The database and the four tables (existing tables get the current columns and location)."""
+    await _ignore_exists(
+        glue.create_database(
+            DatabaseInput={"Name": database, "Description": "Clickstream analytics: the ETL's tables (clickstream)"}
+        )
+    )
+    for table in TABLE_NAMES:
+        spec = table_input(source, table)
+        if not await _ignore_exists(glue.create_table(DatabaseName=database, TableInput=spec)):
+            await glue.update_table(DatabaseName=database, TableInput=spec)
+
+
+async def add_partitions(glue, database: str, source: str, files: Iterable[DataFile]) -> int:
+    """Creates the partitions of `files` that do not exist yet; returns how many were created."""
+    wanted: dict[str, set[tuple[str, str, str, str]]] = {}
+    for f in files:
+        wanted.setdefault(f.table, set()).add(partition_values(f))
+    created = 0
+    for table, values in sorted(wanted.items()):
+        ordered = sorted(values)
+        for start in range(0, len(ordered), 100):
+            chunk = ordered[start : start + 100]
+            answer = await glue.batch_create_partition(
+                DatabaseName=database,
+                TableName=table,
+                PartitionInputList=[partition_input(source, table, v) for v in chunk],
+            )
+            errors = answer.get("Errors", [])
+            fatal = [e for e in errors if e.get("ErrorDetail", {}).get("ErrorCode") != "AlreadyExistsException"]
+            if fatal:
+                detail = fatal[0].get("ErrorDetail", {})
+                raise RuntimeError(
+                    f"glue partitions of {database}.{table}: {detail.get('ErrorCode')}: {detail.get('ErrorMessage')}"
+                )
+            created += len(chunk) - len(errors)
+    return created
+
+
+async def sync_async(database: str, source: str, files: list[DataFile], glue=None) -> int:
+    if glue is not None:
+        await ensure_catalog(glue, database, source)
+        return await add_partitions(glue, database, source, files)
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = AioConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    async with get_session().create_client("glue", region_name=region, config=config) as client:
+        await ensure_catalog(client, database, source)
+        return await add_partitions(client, database, source, files)
+
+
+def sync_catalog(database: str, source: str, files: list[DataFile]) -> int:
+    """runner.run_once's Glue step (synchronous): the catalog and the files' partitions; returns partitions created."""
+    work = sync_async(database, source, files)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+# ------------------------------------------------------------------------------------------ named queries
+
+_PARTITION_FILTER = (
+    "{a}partition_app = ? AND {a}partition_year || {a}partition_month || {a}partition_day BETWEEN ? AND ?"
+)
+
+
+def _select(database: str, table: str, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{quote(c)}" for c in TABLES[table].names)
+
+
+def named_queries(database: str) -> dict[str, str]:
+    """The reference's Athena named queries (name -> Athena SQL), each filtered by app and a range of days."""
+    db = quote(database)
+    queries = {}
+    for table, title in (("event_v2", "Event"), ("user_v2", "User"), ("session", "Session"), ("item_v2", "Item")):
+        queries[f"Clickstream - {title} Query"] = render(
+            f"SELECT {_select(database, table)}, partition_app, partition_year, partition_month, partition_day "  # noqa: S608
+            f"FROM {db}.{quote(table)} WHERE {_PARTITION_FILTER.format(a='')}",
+            "athena",
+        )
+    taken = set(TABLES["event_v2"].names)
+
+    def joined(alias: str, table: str, prefix: str, skip: tuple[str, ...]) -> str:
+        # the joined table's columns, renamed with `prefix` where the name is already an output column
+        out = []
+        for c in TABLES[table].names:
+            if c in skip:
+                continue
+            name = c if c not in taken else prefix + c
+            taken.add(name)
+            out.append(f"{alias}.{quote(c)} AS {quote(name)}")
+        return ", ".join(out)
+
+    user_cols = joined("u", "user_v2", "user_", ("user_pseudo_id", "user_id"))
+    session_cols = joined("s", "session", "session_", ("user_pseudo_id", "session_id", "user_id"))
+    queries["Clickstream - All Data Query"] = render(
+        f"SELECT {_select(database, 'event_v2', 'e')}, {user_cols}, {session_cols} "  # noqa: S608
+        f"FROM {db}.{quote('event_v2')} AS e "
+        f"LEFT JOIN {db}.{quote('user_v2')} AS u ON u.partition_app = e.partition_app "
+        "AND u.user_pseudo_id = e.user_pseudo_id "
+        f"LEFT JOIN {db}.{quote('session')} AS s ON s.partition_app = e.partition_app "
+        "AND s.user_pseudo_id = e.user_pseudo_id AND s.session_id = e.session_id "
+        f"WHERE {_PARTITION_FILTER.format(a='e.')}",
+        "athena",
+    )
+    return queries
