@@ -79,8 +79,8 @@ class LoaderConfig:
     state_table: str = env(
         "LOADER_STATE_TABLE",
         "",
-        "DynamoDB status table of the file states (the reference's; created when missing); required with redshift, "
-        "optional with duckdb; refused with postgres (its states commit with the rows)",
+        "DynamoDB status table of the file states (the reference's; created when missing); redshift engine only "
+        "(postgres commits its states with the rows, duckdb keeps them next to its views)",
     )
     state_lease_s: float = env(
         "LOADER_STATE_LEASE_S",
@@ -154,6 +154,8 @@ class LoaderConfig:
                 "LOADER_STATE_TABLE is not used with LOADER_ENGINE=postgres: its file states commit in the same "
                 "transaction as the rows; unset it"
             )
+        elif self.state_table and self.engine == "duckdb":
+            yield "LOADER_STATE_TABLE is not used with LOADER_ENGINE=duckdb (its states are in the state dir); unset it"
         if self.state_lease_s <= 0:
             yield "LOADER_STATE_LEASE_S must be positive"
         if self.glue_database:
