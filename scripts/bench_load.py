@@ -99,7 +99,9 @@ def main(argv: list[str]) -> int:
             best_ceiling = min(best_ceiling, took)
             print(f"ceiling run {attempt + 1}: {took:.2f} s, {total / took:,.0f} rows/s", file=sys.stderr)
             dsn = cluster.create_database(f"loader_{attempt}")
-            config = LoaderConfig(engine="postgres", source=str(root), postgres_dsn=dsn, max_files=args.max_files)
+            config = LoaderConfig(
+                engine="postgres", source=str(root), postgres_dsn=dsn, max_files=args.max_files, reporting=False
+            )
             started = time.monotonic()
             report = run_once(config)
             took = time.monotonic() - started

@@ -34,12 +34,15 @@ from psycopg import sql
 
 from . import pgcopy
 from .schema import (
+    LOADER_SCHEMA,
     MERGE_KEYS,
     REPLACE_WHEN,
     SURVIVOR_ORDER,
+    TABLE_NAMES,
     create_tables_sql,
     qualified,
     quote,
+    schema_name,
     sql_type,
 )
 from .source import ParquetReader
@@ -53,6 +56,11 @@ STEPS = ("claimed", "copied", "merged", "marked", "committed")
 _LOCK_CLASS = "clickstream_loader"
 TEMP_BUFFERS = "256MB"
 WORK_MEM = "256MB"
+
+
+def merge_index_name(app_id: str, table: str) -> str:
+    """The merge-key index of an app's table as `to_regclass` reads it (schema.merge_index_sql creates it)."""
+    return f"{quote(schema_name(app_id))}.{quote(table + '_merge_key')}"
 
 
 def stage_name(table: str) -> str:
@@ -117,10 +125,11 @@ class ManifestResult:
 
 
 class PostgresLoader:
-    def __init__(self, dsn: str, hook: Hook | None = None, lock_timeout_s: float = 30.0):
+    def __init__(self, dsn: str, hook: Hook | None = None, lock_timeout_s: float = 30.0, straight: bool = True):
         self.conn = psycopg.connect(dsn, autocommit=True, application_name="clickstream-loader")
         self.store = PostgresStateStore(self.conn)
         self.hook = hook or (lambda step, info: None)
+        self.straight = straight  # COPY straight into the target when no key of the manifest collides
         self.lock_timeout_ms = int(lock_timeout_s * 1000)
         self.reader = ParquetReader()
         self._ready_apps: set[str] = set()
@@ -137,19 +146,38 @@ class PostgresLoader:
 
     def setup(self, apps: Iterable[str]) -> None:
         """The state table and every app's schema and tables (idempotent; serialised across loaders)."""
-        todo = sorted(set(apps) - self._ready_apps)
+        apps = set(apps)
+        todo = sorted(apps - self._ready_apps)
         first = not self._ready_apps
         if not todo and not first:
             return
+        # DDL on what already exists is skipped: CREATE INDEX IF NOT EXISTS still takes a SHARE lock on its table,
+        # which would deadlock with another loader's manifest writing that table and then the file states
+        if first and self._exists([f"{quote(LOADER_SCHEMA)}.{quote('files_pending')}"]):
+            first = False
+            self._ready_apps.add("")
+        todo = [a for a in todo if not self._exists([merge_index_name(a, t) for t in TABLE_NAMES])]
+        if not todo and not first:
+            self._ready_apps.update(apps)
+            return
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), 0)", (_LOCK_CLASS,))
-            if first:
+            # checked again under the lock: another loader may have created them meanwhile
+            if first and not self._exists([f"{quote(LOADER_SCHEMA)}.{quote('files_pending')}"]):
                 self.store.create()
             for app in todo:
+                if self._exists([merge_index_name(app, t) for t in TABLE_NAMES]):
+                    continue
                 for statement in create_tables_sql(app, "postgres"):
                     self.conn.execute(statement)
-        self._ready_apps.update(todo)
+        self._ready_apps.update(apps)
         self._ready_apps.add("")
+
+    def _exists(self, names: list[str]) -> bool:
+        row = self.conn.execute(
+            "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) AS n", (names,)
+        ).fetchone()
+        return bool(row[0])
 
     # ------------------------------------------------------------------------------------------- locks
 
@@ -186,33 +214,20 @@ class PostgresLoader:
         started = time.monotonic()
         info = {"app_id": app_id, "table": table, "manifest_id": manifest_id}
         by_uri = {f.uri: f for f in files}
-        target = qualified(app_id, table)
-        stage = quote(stage_name(table))
         gone: list[str] = []
         timings: dict[str, float] = {}
         with self.conn.transaction():
             uris = [u for u in self.store.lock_manifest(manifest_id) if u in by_uri]
             if not uris:
                 return ManifestResult(manifest_id, app_id, table, 0, 0, 0, [], time.monotonic() - started)
-            self.conn.execute(
-                f"CREATE TEMP TABLE {stage} (LIKE {target} INCLUDING DEFAULTS, _file_no integer) ON COMMIT DROP"
-            )
-            clock = time.monotonic()
-            staged, gone = self._copy(table, stage, uris)
-            timings["copy_s"] = time.monotonic() - clock
-            self.hook("copied", {**info, "rows": staged})
+            straight = None
+            if self.straight:
+                straight = self._copy_straight(app_id, table, uris, info, timings)
+            if straight is not None:
+                (staged, gone), merged = straight, straight[0]
+            else:
+                staged, merged, gone = self._stage_and_merge(app_id, table, uris, info, timings)
             loaded = [u for u in uris if u not in gone]
-            merged = 0
-            if staged:
-                keys = ", ".join(quote(k) for k in MERGE_KEYS[table])
-                clock = time.monotonic()
-                self.conn.execute(f"ANALYZE {stage} ({keys})")  # the join's estimates; all columns cost 4x more
-                if self.conn.execute(duplicates_sql(table)).fetchone() is not None:
-                    self.conn.execute(dedup_sql(table))
-                timings["dedup_s"] = time.monotonic() - clock
-                clock = time.monotonic()
-                merged = self.conn.execute(merge_sql(app_id, table)).rowcount
-                timings["merge_s"] = time.monotonic() - clock
             self.hook("merged", {**info, "rows": merged})
             self.store.mark_loaded(loaded, manifest_id)
             if gone:
@@ -241,18 +256,93 @@ class PostgresLoader:
                 "merged_rows": merged,
                 "gone": len(gone),
                 "seconds": round(result.seconds, 3),
+                "path": "straight" if straight is not None else "merge",
                 **{k: round(v, 3) for k, v in timings.items()},
             },
         )
         return result
 
-    def _copy(self, table: str, stage: str, uris: list[str]) -> tuple[int, list[str]]:
+    def _copy_straight(self, app_id: str, table: str, uris: list[str], info: dict, timings: dict):
+        """When none of the manifest's keys is loaded yet and none repeats inside it, the MERGE would insert every
+        row as it is: COPY the files straight into the target instead (created_time = now(), its default).
+
+        The check: a keys-only COPY into a temp table, then a hash aggregate (a key twice in the batch) and a
+        semi-join on the target's unique index (a key already loaded). The straight COPY runs in a savepoint:
+        should a key collide after all (a file rewritten between the two reads), the unique index refuses it,
+        the savepoint is rolled back and the caller takes the staging + MERGE path. Returns (rows, gone), or None
+        for "use the MERGE path". Everything stays inside the manifest's transaction (rows and file states)."""
+        keys = MERGE_KEYS[table]
+        keys_table = quote(f"_keys_{table}")
+        target = qualified(app_id, table)
+        key_list = ", ".join(quote(k) for k in keys)
+        clock = time.monotonic()
+        self.conn.execute(
+            f"CREATE TEMP TABLE {keys_table} ON COMMIT DROP AS SELECT {key_list} FROM {target} WITH NO DATA"  # noqa: S608
+        )
+        n, _ = self._copy(table, keys_table, uris, only=tuple(keys), file_no=False)
+        conflict = (
+            n == 0
+            or self.conn.execute(
+                f"SELECT 1 FROM {keys_table} GROUP BY {key_list} HAVING count(*) > 1 LIMIT 1"  # noqa: S608
+            ).fetchone()
+        )
+        if not conflict and self.conn.execute(f"SELECT 1 FROM {target} LIMIT 1").fetchone():  # noqa: S608
+            on = " AND ".join(f"t.{quote(k)} = k.{quote(k)}" for k in keys)
+            self.conn.execute(f"ANALYZE {keys_table}")
+            conflict = self.conn.execute(
+                f"SELECT 1 FROM {keys_table} AS k WHERE EXISTS (SELECT 1 FROM {target} AS t WHERE {on}) LIMIT 1"  # noqa: S608
+            ).fetchone()
+        timings["keys_s"] = time.monotonic() - clock
+        if conflict:
+            return None
+        names = tuple(c for c in TABLES[table].names if c != "created_time")
+        clock = time.monotonic()
+        try:
+            with self.conn.transaction():  # a savepoint
+                rows, gone = self._copy(table, target, uris, only=names, file_no=False)
+        except psycopg.errors.UniqueViolation:
+            log.info("straight COPY collided on a key: staging + MERGE instead", extra=info)
+            return None
+        timings["copy_s"] = time.monotonic() - clock
+        self.hook("copied", {**info, "rows": rows})
+        return rows, gone
+
+    def _stage_and_merge(self, app_id: str, table: str, uris: list[str], info: dict, timings: dict):
+        """The general path: staging COPY, dedup in the batch, MERGE; returns (staged, merged, gone)."""
+        target = qualified(app_id, table)
+        stage = quote(stage_name(table))
+        self.conn.execute(
+            f"CREATE TEMP TABLE {stage} (LIKE {target} INCLUDING DEFAULTS, _file_no integer) ON COMMIT DROP"
+        )
+        clock = time.monotonic()
+        staged, gone = self._copy(table, stage, uris)
+        timings["copy_s"] = time.monotonic() - clock
+        self.hook("copied", {**info, "rows": staged})
+        merged = 0
+        if staged:
+            keys = ", ".join(quote(k) for k in MERGE_KEYS[table])
+            clock = time.monotonic()
+            self.conn.execute(f"ANALYZE {stage} ({keys})")  # the join's estimates; all columns cost 4x more
+            if self.conn.execute(duplicates_sql(table)).fetchone() is not None:
+                self.conn.execute(dedup_sql(table))
+            timings["dedup_s"] = time.monotonic() - clock
+            clock = time.monotonic()
+            merged = self.conn.execute(merge_sql(app_id, table)).rowcount
+            timings["merge_s"] = time.monotonic() - clock
+        return staged, merged, gone
+
+    def _copy(
+        self, table: str, stage: str, uris: list[str], only: tuple[str, ...] | None = None, file_no: bool = True
+    ) -> tuple[int, list[str]]:
         """COPY every file into the staging table; files that no longer exist are returned as gone.
 
+        `only`: just these columns (the keys-only COPY, or the target's columns without created_time);
+        `file_no`: add the file's number in the manifest (staging's `_file_no`, the in-batch tie-break).
         The Parquet reading and encoding run on a thread of their own, a few batches ahead of the COPY, so
         the encoding of one batch overlaps the server's parsing of the previous one."""
-        pg_types = [sql_type(c) for c in TABLES[table].columns] + ["integer"]
-        cols = ", ".join(quote(c) for c in [*TABLES[table].names, "_file_no"])
+        columns = [c for c in TABLES[table].columns if only is None or c.name in only]
+        pg_types = [sql_type(c) for c in columns] + (["integer"] if file_no else [])
+        cols = ", ".join(quote(c) for c in [*(c.name for c in columns), *(["_file_no"] if file_no else [])])
         chunks: queue.Queue = queue.Queue(maxsize=4)
         gone: list[str] = []
         rows = 0
@@ -262,13 +352,14 @@ class PostgresLoader:
             nonlocal rows
 
             try:
-                for file_no, uri in enumerate(uris):
+                for number, uri in enumerate(uris):
                     try:
-                        for columns in self.reader.batches(uri, table):
+                        for columns in self.reader.batches(uri, table, only=only):
                             if stop.is_set():
                                 return
                             n = len(columns[0])
-                            columns.append(pa.array(np.full(n, file_no, dtype=np.int32)))
+                            if file_no:
+                                columns.append(pa.array(np.full(n, number, dtype=np.int32)))
                             chunks.put(pgcopy.encode_batch(columns, pg_types))
                             rows += n
                     except FileNotFoundError:

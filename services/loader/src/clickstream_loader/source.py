@@ -53,8 +53,11 @@ class ParquetReader:
     def close(self) -> None:
         self.duck.close()
 
-    def batches(self, uri: str, table: str, batch_rows: int = BATCH_ROWS) -> Iterator[list[pa.Array]]:
-        columns = TABLES[table].columns
+    def batches(
+        self, uri: str, table: str, batch_rows: int = BATCH_ROWS, only: tuple[str, ...] | None = None
+    ) -> Iterator[list[pa.Array]]:
+        """The table's columns (or those named in `only`, in table order) of one file, batch by batch."""
+        columns = [c for c in TABLES[table].columns if only is None or c.name in only]
         parquet = open_parquet(uri)
         present = set(parquet.schema_arrow.names)
         wanted = [c.name for c in columns if c.name in present]
