@@ -174,7 +174,7 @@ def refresh_app(
     done["metadata"] = [(a.isoformat(), b.isoformat()) for a, b in done["metadata"]]
     if done["metadata_pending"]:
         done["metadata_pending"] = tuple(d.isoformat() for d in done["metadata_pending"])
-    log.info("reporting refreshed", extra={"app_id": app_id, **done})
+    log.info("reporting refreshed", extra={"app_id": app_id, "reporting": done})
     return done
 
 
