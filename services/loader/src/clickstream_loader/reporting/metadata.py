@@ -17,6 +17,7 @@ refreshed by day on PostgreSQL, views on DuckDB by default (N is then fixed when
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -93,15 +94,34 @@ USER_ATTRIBUTE_METADATA = "user_attribute_metadata"
 _IDS = '{project_id} AS "project_id", {app_id} AS "app_id"'
 _EVENT_DATE = local_date('e."event_time_msec"')
 
+# event_v2 with each event's day (app time zone), as `v`
+_EVENTS_V = f'(SELECT e.*, {_EVENT_DATE} AS "event_date" FROM {{s}}."event_v2" AS e) AS v'
+
 _EVENTS = f"""
 SELECT v."event_date", {_IDS}, v."event_name", v."platform", v."sdk_name", v."sdk_version",
   COUNT(*) AS "event_count"
-FROM (SELECT e.*, {_EVENT_DATE} AS "event_date" FROM {{s}}."event_v2" AS e) AS v
+FROM {_EVENTS_V}
 WHERE {{scan}}
 GROUP BY v."event_date", v."event_name", v."platform", v."sdk_name", v."sdk_version"
 """
 
-_PRESET_VALUES = ",\n      ".join(f"('{cat}', '{col}', e.\"{col}\")" for cat, col in SCANNED_EVENT_COLUMNS)
+
+def _unpivot(source: str, names: tuple[str, ...], columns: Sequence[tuple[tuple[str, ...], str]]) -> str:
+    """`<value> AS "property_value" FROM <source> CROSS JOIN (...) AS p`: one row per row `v` of `source` and
+    column. `p` is a constant table with a row number "n" and the labels `names` of each of `columns` (pairs of
+    labels and a column of `v`); the value is that column of `v`, picked by a CASE on "n".
+
+    Written so that every engine reads it (PostgreSQL, DuckDB, Redshift, Athena): a lateral VALUES list over the
+    row's columns would be shorter, but Redshift has neither LATERAL nor a VALUES list outside INSERT."""
+    rows = []
+    for n, (labels, _) in enumerate(columns, 1):
+        values = [str(n), *(f"'{label}'" for label in labels)]
+        if n == 1:  # the first row names the columns
+            values = [f'{value} AS "{name}"' for value, name in zip(values, ("n", *names), strict=True)]
+        rows.append("SELECT " + ", ".join(values))
+    cases = " ".join(f'WHEN {n} THEN v."{column}"' for n, (_, column) in enumerate(columns, 1))
+    table = "\n      UNION ALL ".join(rows)
+    return f'CASE p."n" {cases} END AS "property_value"\n    FROM {source}\n    CROSS JOIN (\n      {table}\n    ) AS p'
 
 
 def _top_values(source: str, partition: str) -> str:
@@ -129,13 +149,14 @@ _PARAMETER_PARTITION = '"event_date", "event_name", "category", "property_name",
 
 _PARAMETERS = f"""
 WITH "params" AS (
-  SELECT v."event_date", v."event_name", p."category", p."property_name", 'string' AS "value_type",
-    LEFT(p."property_value", {VALUE_CHARS}) AS "property_value"
-  FROM (SELECT e.*, {_EVENT_DATE} AS "event_date" FROM {{s}}."event_v2" AS e) AS v
-  CROSS JOIN LATERAL (VALUES
-      {_PRESET_VALUES.replace('e."', 'v."')}
-  ) AS p("category", "property_name", "property_value")
-  WHERE {{scan}} AND p."property_value" IS NOT NULL
+  SELECT x."event_date", x."event_name", x."category", x."property_name", 'string' AS "value_type",
+    LEFT(x."property_value", {VALUE_CHARS}) AS "property_value"
+  FROM (
+    SELECT v."event_date", v."event_name", p."category", p."property_name",
+    {_unpivot(_EVENTS_V, ("category", "property_name"), [((cat, col), col) for cat, col in SCANNED_EVENT_COLUMNS])}
+    WHERE {{scan}}
+  ) AS x
+  WHERE x."property_value" IS NOT NULL
   UNION ALL
   SELECT v."event_date", v."event_name", 'custom' AS "category", v."parameter_name" AS "property_name",
     COALESCE(v."parameter_type", 'string') AS "value_type",
@@ -146,7 +167,6 @@ WITH "params" AS (
 
 _USER_DATE = local_date('EXTRACT(EPOCH FROM u."event_timestamp") * 1000')
 _USER_PARTITION = '"event_date", "category", "property_name", "value_type"'
-_USER_PRESET_VALUES = ", ".join(f"('{col}', v.\"{col}\")" for col in SCANNED_USER_COLUMNS)
 
 # one row per user: the newest user_v2 row (the table's merge rule)
 _ONE_USER = """(
@@ -168,11 +188,14 @@ WITH "latest" AS (
   JOIN "latest" AS v ON v."user_pseudo_id" = a."user_pseudo_id" AND v."event_timestamp" = a."event_timestamp"
   WHERE {{scan}} AND a."attribute_value" IS NOT NULL
   UNION ALL
-  SELECT v."event_date", 'user_outer' AS "category", p."property_name", 'string' AS "value_type",
-    LEFT(p."property_value", {VALUE_CHARS}) AS "property_value"
-  FROM "latest" AS v
-  CROSS JOIN LATERAL (VALUES {_USER_PRESET_VALUES}) AS p("property_name", "property_value")
-  WHERE {{scan}} AND p."property_value" IS NOT NULL
+  SELECT x."event_date", 'user_outer' AS "category", x."property_name", 'string' AS "value_type",
+    LEFT(x."property_value", {VALUE_CHARS}) AS "property_value"
+  FROM (
+    SELECT v."event_date", p."property_name",
+    {_unpivot('"latest" AS v', ("property_name",), [((col,), col) for col in SCANNED_USER_COLUMNS])}
+    WHERE {{scan}}
+  ) AS x
+  WHERE x."property_value" IS NOT NULL
 ),""" + _top_values('"attrs"', _USER_PARTITION)
 
 METADATA = (
