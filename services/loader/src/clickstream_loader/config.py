@@ -115,7 +115,13 @@ class LoaderConfig:
     glue_database: str = env(
         "LOADER_GLUE_DATABASE",
         "",
-        "Glue database for Athena: each pass creates it, the four tables and new files' partitions (S3 source)",
+        "Glue database for Athena: each pass creates it, the four tables, new files' partitions and the named queries "
+        "(S3 source)",
+    )
+    athena_workgroup: str = env(
+        "LOADER_ATHENA_WORKGROUP",
+        "primary",
+        "Athena workgroup (existing) that gets the reference's named queries over LOADER_GLUE_DATABASE",
     )
 
     def problems(self):
@@ -163,6 +169,13 @@ class LoaderConfig:
                 yield f"LOADER_GLUE_DATABASE {self.glue_database!r}: use lower-case letters, digits and _"
             if self.source and not _is_s3(self.source):
                 yield "LOADER_GLUE_DATABASE needs LOADER_SOURCE_URI on S3 (Glue tables point at S3 locations)"
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", self.athena_workgroup):
+            yield (
+                f"LOADER_ATHENA_WORKGROUP {self.athena_workgroup!r}: an Athena workgroup name is 1-128 letters, "
+                "digits, '.', '_' or '-'"
+            )
+        elif self.athena_workgroup != "primary" and not self.glue_database:
+            yield "LOADER_ATHENA_WORKGROUP is used only with LOADER_GLUE_DATABASE (the named queries read its tables)"
         if self.engine != "redshift":
             return
         if self.source and not _is_s3(self.source):

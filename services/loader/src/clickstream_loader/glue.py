@@ -11,7 +11,11 @@ LOADER_GLUE_DATABASE is set. aiobotocore Glue client; the endpoint honours `AWS_
 
 The named queries ("Clickstream - All Data Query", "- Event Query", "- User Query", "- Session Query", "- Item
 Query") are written in PostgreSQL's dialect and rendered for Athena by sqlrender; `?` are Athena execution
-parameters: the app id, then the first and last day as `YYYYMMDD`.
+parameters: the app id, then the first and last day as `YYYYMMDD`. Each pass puts them into the Athena workgroup
+(LOADER_ATHENA_WORKGROUP, default `primary`), as the reference's data-modeling-on-Athena stack does: a named query
+is ours when its name and database match; CreateNamedQuery cannot replace one, so the workgroup's queries are listed
+(ListNamedQueries + BatchGetNamedQuery), a missing one is created and one whose text or description differs is
+updated in place (UpdateNamedQuery). Nothing changes when they are current, so passes never add duplicates.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from clickstream_core.tables import PARTITION_COLUMNS, TABLES
 
@@ -124,23 +129,39 @@ async def add_partitions(glue, database: str, source: str, files: Iterable[DataF
     return created
 
 
-async def sync_async(database: str, source: str, files: list[DataFile], glue=None) -> int:
-    if glue is not None:
+@dataclass
+class CatalogSync:
+    """What one pass changed on the Athena side (RunReport.glue_partitions, RunReport.athena_queries)."""
+
+    partitions: int = 0  # Glue partitions created
+    queries_created: list[str] = field(default_factory=list)  # named queries created, by name
+    queries_updated: list[str] = field(default_factory=list)  # named queries whose text or description was updated
+
+
+async def sync_async(
+    database: str, source: str, files: list[DataFile], workgroup: str = "primary", glue=None, athena=None
+) -> CatalogSync:
+    if glue is not None and athena is not None:
         await ensure_catalog(glue, database, source)
-        return await add_partitions(glue, database, source, files)
+        result = CatalogSync(partitions=await add_partitions(glue, database, source, files))
+        result.queries_created, result.queries_updated = await ensure_named_queries(athena, database, workgroup)
+        return result
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     config = AioConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-    async with get_session().create_client("glue", region_name=region, config=config) as client:
-        await ensure_catalog(client, database, source)
-        return await add_partitions(client, database, source, files)
+    session = get_session()
+    async with (
+        session.create_client("glue", region_name=region, config=config) as glue_client,
+        session.create_client("athena", region_name=region, config=config) as athena_client,
+    ):
+        return await sync_async(database, source, files, workgroup, glue_client, athena_client)
 
 
-def sync_catalog(database: str, source: str, files: list[DataFile]) -> int:
-    """runner.run_once's Glue step (synchronous): the catalog and the files' partitions; returns partitions created."""
-    work = sync_async(database, source, files)
+def sync_catalog(database: str, source: str, files: list[DataFile], workgroup: str = "primary") -> CatalogSync:
+    """runner.run_once's Athena step (synchronous): the Glue catalog, the files' partitions, the named queries."""
+    work = sync_async(database, source, files, workgroup)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -199,3 +220,65 @@ def named_queries(database: str) -> dict[str, str]:
         "athena",
     )
     return queries
+
+
+def query_description(name: str) -> str:
+    return (
+        f"{name} (clickstream loader): execution parameters app id, first day, last day (YYYYMMDD); "
+        "partitions are added by the loader, no MSCK REPAIR needed"
+    )
+
+
+_BATCH = 50  # ListNamedQueries' largest page and BatchGetNamedQuery's largest batch
+
+
+async def _named_queries_in(athena, workgroup: str) -> list[dict]:
+    """Every named query of the workgroup (Name, Database, QueryString, Description, NamedQueryId)."""
+    ids: list[str] = []
+    async for page in athena.get_paginator("list_named_queries").paginate(
+        WorkGroup=workgroup, PaginationConfig={"PageSize": _BATCH}
+    ):
+        ids += page.get("NamedQueryIds", [])
+    found: list[dict] = []
+    for start in range(0, len(ids), _BATCH):
+        answer = await athena.batch_get_named_query(NamedQueryIds=ids[start : start + _BATCH])
+        found += answer.get("NamedQueries", [])
+        for miss in answer.get("UnprocessedNamedQueryIds", []):
+            # deleted since the listing (skipped), or a transient error: ask once more for that one, so that a
+            # query of ours is never taken for missing (which would create a duplicate)
+            try:
+                found.append((await athena.get_named_query(NamedQueryId=miss["NamedQueryId"]))["NamedQuery"])
+            except Exception as exc:
+                if getattr(exc, "response", {}).get("Error", {}).get("Code") != "InvalidRequestException":
+                    raise
+    return found
+
+
+async def ensure_named_queries(athena, database: str, workgroup: str) -> tuple[list[str], list[str]]:
+    """The reference's named queries in `workgroup`: created when missing, updated when their text or description
+    changed, untouched otherwise. A query is ours when its name and database match (UpdateNamedQuery cannot move
+    a query to another database, and another project's queries of the same name are not ours). Returns the names
+    created and updated."""
+    wanted = named_queries(database)
+    ours: dict[str, list[dict]] = {}
+    for query in await _named_queries_in(athena, workgroup):
+        if query.get("Database") == database and query.get("Name") in wanted:
+            ours.setdefault(query["Name"], []).append(query)
+    created, updated = [], []
+    for name, text in sorted(wanted.items()):
+        description = query_description(name)
+        if name not in ours:
+            # botocore fills ClientRequestToken, so a retried request after a lost answer creates it once
+            await athena.create_named_query(
+                Name=name, Description=description, Database=database, QueryString=text, WorkGroup=workgroup
+            )
+            created.append(name)
+            continue
+        for query in ours[name]:  # normally one; copies made by hand are kept current too
+            if query.get("QueryString") != text or query.get("Description", "") != description:
+                await athena.update_named_query(
+                    NamedQueryId=query["NamedQueryId"], Name=name, Description=description, QueryString=text
+                )
+                if name not in updated:
+                    updated.append(name)
+    return created, updated

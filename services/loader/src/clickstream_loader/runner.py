@@ -50,6 +50,7 @@ class RunReport:
     oldest_pending_age_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     glue_partitions: int = 0  # Glue partitions created (LOADER_GLUE_DATABASE)
+    athena_queries: dict[str, list[str]] = field(default_factory=dict)  # named queries {"created", "updated"}
     duration_s: float = 0.0
     # per app: postgres {"created", "refreshed": [[start, end]], "metadata": [...], "metadata_pending"};
     # duckdb {"published": bool} (the reporting views are part of the published definitions)
@@ -86,7 +87,9 @@ def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> 
         if config.glue_database:  # the Athena side, alongside any engine
             from .glue import sync_catalog
 
-            report.glue_partitions = sync_catalog(config.glue_database, config.source, files)
+            synced = sync_catalog(config.glue_database, config.source, files, config.athena_workgroup)
+            report.glue_partitions = synced.partitions
+            report.athena_queries = {"created": synced.queries_created, "updated": synced.queries_updated}
         if config.engine == "postgres":
             _run_postgres(config, apps, files, report, hook)
         elif config.engine == "duckdb":
