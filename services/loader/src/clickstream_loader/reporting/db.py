@@ -1,7 +1,9 @@
 """One way to run the reporting SQL on any engine: render (sqlglot), bind named parameters, transactions.
 
 SQL is written in PostgreSQL's dialect with `:name` placeholders. On PostgreSQL they become psycopg's
-`%(name)s`; sqlglot renders them as `$name` for DuckDB, which its Python client binds from a dict.
+`%(name)s`; sqlglot renders them as `$name` for DuckDB, which its Python client binds from a dict; on Redshift
+they stay `:name`, which the Redshift Data API binds. A Redshift "connection" is the loader's Data API adapter
+(`redshift_reports.DataApiConnection`): `execute(text, params)` and `transaction()` (one Data API batch).
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ def _postgres_style(sql: str) -> str:
 
 
 class Runner:
-    """Executes PostgreSQL-dialect SQL on a psycopg (postgres) or duckdb connection."""
+    """Executes PostgreSQL-dialect SQL on a psycopg (postgres), duckdb or Data API (redshift) connection."""
 
     def __init__(self, conn: Any, engine: str) -> None:
-        if engine not in ("postgres", "duckdb"):
-            raise ValueError(f"the reporting layer runs on postgres or duckdb, not {engine!r}")
+        if engine not in ("postgres", "duckdb", "redshift"):
+            raise ValueError(f"the reporting layer runs on postgres, duckdb or redshift, not {engine!r}")
         self.conn = conn
         self.engine = engine
 
@@ -57,7 +59,7 @@ class Runner:
         if self.engine == "duckdb":  # DuckDB refuses parameters the statement does not use
             used = set(_DUCKDB_PARAM.findall(text))
             return self.conn.execute(text, {k: v for k, v in params.items() if k in used})
-        return self.conn.execute(text, dict(params))
+        return self.conn.execute(text, dict(params))  # psycopg; the Data API adapter keeps the ones used
 
     def run(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._execute(sql, params)
@@ -76,8 +78,8 @@ class Runner:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One transaction: everything inside commits together or not at all."""
-        if self.engine == "postgres":
+        """One transaction: everything inside commits together or not at all (on Redshift: one Data API batch)."""
+        if self.engine in ("postgres", "redshift"):
             with self.conn.transaction():
                 yield
             return
