@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -89,6 +90,35 @@ def test_manifests_hold_at_most_max_files_and_apps_get_their_own_schema(tmp_path
     assert count(pg_dsn, "event_v2") == 5 and count(pg_dsn, "event_v2", app="Other_App") == 5
     manifests = query(pg_dsn, "SELECT manifest_id, count(*) FROM clickstream_loader.files GROUP BY 1")
     assert sorted(n for _, n in manifests) == [1, 1, 2, 2, 2, 2]
+
+
+def test_groups_load_at_once_on_their_own_connections(tmp_path, pg_dsn):
+    for app in ("a1", "a2"):
+        for n in range(3):
+            write(tmp_path, "event_v2", [event(f"{app}-e{n}", app=app), event(f"{app}-dup", app=app)], tag=f"w{n}")
+        write(tmp_path, "session", [session("u1", "s1", "google", app=app)], tag="w0")
+    # the first two copies wait for each other: only groups loading at the same time get past the barrier
+    barrier, arrivals, guard = threading.Barrier(2, timeout=20), [], threading.Lock()
+
+    def meet(step, info):
+        if step != "copied":
+            return
+        with guard:
+            arrivals.append((threading.get_ident(), info["app_id"], info["table"]))
+            first_two = len(arrivals) <= 2
+        if first_two:
+            barrier.wait()
+
+    report = run_once(pg_config(tmp_path, pg_dsn, max_files=2, connections=2), hook=meet)
+    assert report.status == "succeeded", report.errors
+    assert len({thread for thread, _, _ in arrivals[:2]}) == 2
+    assert [count(pg_dsn, "event_v2", app) for app in ("a1", "a2")] == [4, 4]
+    assert [count(pg_dsn, "session", app) for app in ("a1", "a2")] == [1, 1]
+    assert report.files_loaded == {"event_v2": 6, "session": 2} and report.manifests == 6
+    assert states(pg_dsn) == {"LOADED": 8}
+    assert query(pg_dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'clickstream-loader'") == [
+        (0,)
+    ]
 
 
 def test_a_rewritten_file_is_reloaded_without_duplicates(tmp_path, pg_dsn):

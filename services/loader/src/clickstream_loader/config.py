@@ -59,6 +59,12 @@ class LoaderConfig:
     lock_timeout_s: float = env(
         "LOADER_LOCK_TIMEOUT_S", 30.0, "Wait at most this long for a warehouse lock before failing the run"
     )
+    connections: int = env(
+        "LOADER_CONNECTIONS",
+        2,
+        "postgres: load this many app/table groups at once, each on its own connection and in its own "
+        "transactions (1 = one after the other)",
+    )
 
     reporting: bool = env(
         "LOADER_REPORTING",
@@ -153,6 +159,8 @@ class LoaderConfig:
             yield "LOADER_METADATA_INTERVAL_S must not be negative"
         if self.lock_timeout_s <= 0:
             yield "LOADER_LOCK_TIMEOUT_S must be positive"
+        if not 1 <= self.connections <= 32:
+            yield "LOADER_CONNECTIONS must be between 1 and 32"
 
     def _aws_problems(self):
         if self.state_table and self.engine == "postgres":

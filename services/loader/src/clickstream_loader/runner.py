@@ -12,8 +12,10 @@ import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -142,26 +144,7 @@ def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], 
     try:
         loader.setup({f.app_id for f in files} | set(apps.apps))
         report.registered = loader.store.register(files)
-        touched: dict[str, set[date]] = {}  # app -> UTC event days of the files whose rows were merged
-        for app_id, table in loader.store.pending_groups():
-            try:
-                loader.setup([app_id])
-                results = loader.load_group(app_id, table, config.max_files, new_manifest_id)
-            except Exception as exc:
-                log.exception("load failed", extra={"app_id": app_id, "table": table})
-                report.errors.append(f"{app_id}/{table}: {type(exc).__name__}: {exc}")
-                if loader.conn.broken:
-                    raise
-                continue
-            if results is None:
-                report.busy_groups.append(f"{app_id}/{table}")
-                continue
-            for result in results:
-                report.manifests += 1
-                report.gone += len(result.gone)
-                report.add(table, result.files, result.merged_rows)
-                if result.merged_rows:
-                    touched.setdefault(app_id, set()).update(result.days)
+        touched = _load_groups(config, loader, loader.store.pending_groups(), report, hook)
         if config.reporting:
             _refresh_reporting(config, apps, loader, touched, report)
         start = _retention_start(config)
@@ -171,6 +154,68 @@ def _run_postgres(config: LoaderConfig, apps: AppConfig, files: list[DataFile], 
         _finish(loader.store, report)
     finally:
         loader.close()
+
+
+def _load_groups(config: LoaderConfig, loader, groups: list[tuple[str, str]], report: RunReport, hook) -> dict:
+    """Every pending (app, table) group, up to LOADER_CONNECTIONS at once, each on a connection of its own
+    (a group's manifests stay one after the other: its advisory lock is per app and table). Returns app ->
+    UTC event days of the files whose rows were merged. Each manifest commits on its own, so the groups'
+    outcomes are independent; the report is written from this thread only."""
+    from .pg import PostgresLoader
+
+    touched: dict[str, set[date]] = {}
+
+    def record(group: tuple[str, str], outcome: tuple[list | None, str | None]) -> None:
+        results, error = outcome
+        if error:
+            report.errors.append(error)
+        elif results is None:
+            report.busy_groups.append("/".join(group))
+        for result in results or ():
+            report.manifests += 1
+            report.gone += len(result.gone)
+            report.add(group[1], result.files, result.merged_rows)
+            if result.merged_rows:
+                touched.setdefault(group[0], set()).update(result.days)
+
+    workers = min(config.connections, len(groups))
+    if workers <= 1:
+        for group in groups:
+            record(group, _load_group(loader, group, config.max_files))
+        return touched
+    local, opened, guard = threading.local(), [], threading.Lock()
+
+    def work(group: tuple[str, str]):
+        own = getattr(local, "loader", None)
+        if own is None:
+            own = local.loader = PostgresLoader(config.postgres_dsn, hook=hook, lock_timeout_s=config.lock_timeout_s)
+            with guard:
+                opened.append(own)
+        return _load_group(own, group, config.max_files)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader")
+    try:
+        futures = [(group, pool.submit(work, group)) for group in groups]
+        for group, future in futures:
+            record(group, future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a crash stops the groups not started yet
+        for own in opened:
+            own.close()
+    return touched
+
+
+def _load_group(loader, group: tuple[str, str], max_files: int) -> tuple[list | None, str | None]:
+    """(manifest results, None), (None, None) when another run holds the group, or (None, error)."""
+    app_id, table = group
+    try:
+        loader.setup([app_id])
+        return loader.load_group(app_id, table, max_files, new_manifest_id), None
+    except Exception as exc:
+        log.exception("load failed", extra={"app_id": app_id, "table": table})
+        if loader.conn.broken:
+            raise
+        return None, f"{app_id}/{table}: {type(exc).__name__}: {exc}"
 
 
 def _refresh_reporting(config: LoaderConfig, apps: AppConfig, loader, touched: dict, report: RunReport) -> None:
