@@ -376,3 +376,47 @@ def test_duckdb_views_need_no_refresh(tmp_path):
         f'SELECT SUM("active_users") FROM "{target.schema}"."clickstream_acquisition_day_user_view_cnt"'
     ).fetchone()
     assert rows[0] == 6  # the six (day, platform) user-days of test_active_and_new_users_per_day
+
+
+def test_plan_carries_dependent_aggregates_forward():
+    ranges = [(D3, D3), (D1, D1), (D1 + timedelta(days=1), D2)]  # D1 and D1+1..D2 join: adjacent
+    work = materialize.plan(ranges, through=D4)
+    for agg in reporting.AGGREGATES:
+        got = [r for a, r in work if a is agg]
+        assert got == ([(D1, D4)] if agg.carries_forward else [(D1, D2), (D3, D3)]), agg.name
+    assert {a.name for a in reporting.AGGREGATES if a.carries_forward} == {
+        "clickstream_acquisition_day_traffic_source_user",
+        "clickstream_retention_user_new_return",
+        "clickstream_retention_view",
+        "clickstream_lifecycle_weekly_view",
+    }
+    # through before the ranges' end: the end wins
+    assert {r for a, r in materialize.plan([(D2, D3)], through=D1) if a.carries_forward} == {(D2, D3)}
+    with pytest.raises(ValueError, match="before it starts"):
+        materialize.plan([(D2, D1)], through=D4)
+
+
+def test_lifecycle_of_any_range_equals_the_whole_history(pg_cluster, tmp_path):
+    """A back-fill of any range (through its own end) gives the weekly lifecycle rows that a back-fill of every day
+    gives: the week before is scanned, a user's first and first active week and the last active week come from
+    every day, a range that ends mid-week reads the whole week. Here pb has no user row (no first day: its first
+    active week is its first week) and A3 has no _session_start (week 2 has no activity, week 3 has)."""
+    wh = build(pg_cluster, tmp_path, "reporting_lifecycle")
+    pg, target = wh.pg, wh.target
+    s = f'"{target.schema}"'
+    pg.execute(f'DELETE FROM {s}."user_v2" WHERE "user_pseudo_id" = \'pb\'')
+    pg.execute(f'DELETE FROM {s}."event_v2" WHERE "event_id" = \'A3-0\'')
+    name = "clickstream_lifecycle_weekly_view"
+    reporting.backfill(pg, "postgres", target, D1 - timedelta(days=14), D4 + timedelta(days=14))
+    full = wh.rows("postgres", name)
+    w1, w2, w3 = D1, D1 + timedelta(days=7), D1 + timedelta(days=14)
+    assert {(r["event_date"], r["lifecycle"]): r["user_count"] for r in full} == {
+        (w1, "new"): 3,  # ua and pc by their first day, pb by its first active week
+        (w2, "churned"): 3,  # no one in week 2, and week 3 has activity
+        (w3, "returning"): 1,  # pb
+    }
+    for start, end in [(D1, D1), (D2, D2), (D3, D3), (D4, D4), (D3, D4), (D1, D4)]:
+        pg.execute(f'DELETE FROM {s}."{name}"')
+        reporting.backfill(pg, "postgres", target, start, end, through=end)
+        monday = start - timedelta(days=start.weekday())
+        assert wh.rows("postgres", name) == [r for r in full if monday <= r["event_date"] <= end], (start, end)

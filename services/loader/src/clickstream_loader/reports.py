@@ -6,9 +6,11 @@ loaders never refresh the same app at once: the refresh is DELETE + INSERT of wh
 1. the app's reporting objects are created when missing or when their definitions changed (a digest of the
    rendered definitions, `reporting.object_sql`, is kept in `clickstream_loader.reporting`); (re)created
    aggregate tables are back-filled over every day the app has data for;
-2. `refresh` recomputes the last LOADER_REFRESH_DAYS days plus today in the app's time zone, and a back-fill
-   recomputes the local days of the loaded files' event days (UTC partition days) that fall outside that
-   window (a late file of an older day);
+2. one transaction recomputes the last LOADER_REFRESH_DAYS days plus today in the app's time zone and the local
+   days of the loaded files' event days (UTC partition days) that fall outside that window (a late file of an
+   older day), each widened by a day on both sides (a session running past midnight has facts on both days);
+   the aggregates whose rows depend on earlier days (cohorts, new vs returning, first touch, weekly lifecycle:
+   `Aggregate.carries_forward`) from the first of those days through today (`materialize.plan`);
 3. the metadata scan runs at most every LOADER_METADATA_INTERVAL_S per app: the same window plus every day
    loaded since the last scan (kept as a pending range in the state row until a scan covers it).
 
@@ -27,7 +29,7 @@ from clickstream_core.appconfig import App, AppConfig
 from psycopg import sql
 
 from . import reporting
-from .reporting.materialize import today_in
+from .reporting.materialize import merge_ranges, recompute, today_in
 from .schema import qualified
 from .state import LOADER_SCHEMA
 
@@ -97,6 +99,16 @@ def _span(days: set[date]) -> set[date]:
     return {min(days), max(days)} if days else set()
 
 
+def around(days: Iterable[date], newest: date) -> set[date]:
+    """The days and their neighbours (a session that runs past midnight has its duration, views, traffic source
+    and last view counted on both of its days), none after `newest` unless it is one of `days`."""
+    days = set(days)
+    if not days:
+        return set()
+    cap = max(newest, max(days))
+    return {d + timedelta(days=k) for d in days for k in (-1, 0, 1) if d + timedelta(days=k) <= cap}
+
+
 def refresh_app(
     conn,
     target: reporting.Target,
@@ -108,7 +120,7 @@ def refresh_app(
 ) -> dict:
     """Steps 1-3 of the module docstring for one app; returns what was done (RunReport.reporting[app])."""
     app_id = target.app_id
-    done: dict = {"created": False, "refreshed": [], "metadata": []}
+    done: dict = {"created": False, "refreshed": [], "carried_forward": None, "metadata": []}
     key = (_LOCK_CLASS, f"{app_id}/reporting")
     conn.execute(_STATE_DDL)  # idempotent; the loader's setup created the schema
     conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", key)
@@ -133,11 +145,11 @@ def refresh_app(
         end = today or today_in(target.timezone)
         window = (end - timedelta(days=max(refresh_days, 0)), end)
         if touched:
-            reporting.backfill(conn, "postgres", target, *window, triggered_by="WORK_FLOW")
-            done["refreshed"].append(window)
-            for start, stop in outside(touched, window):
-                reporting.backfill(conn, "postgres", target, start, stop, triggered_by="WORK_FLOW")
-                done["refreshed"].append((start, stop))
+            ranges = [window, *outside(around(touched, end), window)]
+            done["refreshed"] = merge_ranges(ranges)
+            newest = max(end, max(touched))
+            done["carried_forward"] = (done["refreshed"][0][0], max(newest, done["refreshed"][-1][1]))
+            recompute(conn, "postgres", target, ranges, through=newest, triggered_by="WORK_FLOW")
         pending |= _span(touched)
         conn.execute(
             sql.SQL(
@@ -171,6 +183,8 @@ def refresh_app(
         if not conn.closed and not conn.broken:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", key)
     done["refreshed"] = [(a.isoformat(), b.isoformat()) for a, b in done["refreshed"]]
+    if done.get("carried_forward"):
+        done["carried_forward"] = tuple(d.isoformat() for d in done["carried_forward"])
     done["metadata"] = [(a.isoformat(), b.isoformat()) for a, b in done["metadata"]]
     if done["metadata_pending"]:
         done["metadata_pending"] = tuple(d.isoformat() for d in done["metadata_pending"])

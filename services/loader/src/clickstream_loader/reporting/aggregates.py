@@ -5,6 +5,18 @@ Each is one SELECT in PostgreSQL's dialect over `clickstream_event_view_v3`, who
 SELECT reads the view through `{scan}`, a condition on `v."event_date"` that refresh fills with the
 days it recomputes (widened by the aggregate's lookback/lookahead) and a plain view fills with `1 = 1`.
 Ratios are double precision divisions of integers, so every engine gives the same bits.
+
+What a day's rows depend on (the refresh relies on it, materialize.recompute):
+
+- every aggregate: that day's events, their sessions (a session's duration, views and traffic source are the
+  whole session's, and a session running past midnight has events on the next or the previous day; exits look
+  one day ahead for that reason) and their users' rows (`user_v2`: merged id, first touch);
+- `carries_forward`: also facts older than the day. The user's first day and first-touch traffic decide the
+  cohort (`first_date`, `day_diff`), new vs returning and the first-touch dimensions of every later day of that
+  user; the weekly lifecycle labels a week from the week before and from the user's first week, and emits
+  churned rows up to the last active week. A change on day X (a late load) can therefore change these rows on
+  any day after X, so they are recomputed from X through the newest day. Counts of new users (`_first_open`
+  events: `new_user_indicator`) are not among them: they depend on the day's own events.
 """
 
 # ruff: noqa: S608 -- SQL text built from our own templates: identifiers are quoted (db.ident), values are
@@ -28,6 +40,7 @@ class Aggregate:
     grain: str = "day"  # "week": rows are keyed by the Monday of the week
     lookback_days: int = 0  # scan this many days before the first refreshed day
     lookahead_days: int = 0  # and after the last one
+    carries_forward: bool = False  # a day's rows depend on earlier days: recompute from a change through the newest
 
 
 def _dims(source: str, dims: list[tuple[str, str]], select: str) -> str:
@@ -294,29 +307,34 @@ GROUP BY "event_date", "first_date"
 
 # weekly lifecycle from _session_start activity: new (first active week), retained (active the week
 # before too), returning (active before, but not the week before), churned (active the week before,
-# not this week); churned rows stop at the last week that has any activity
+# not this week); churned rows stop at the last week that has any activity. "weeks" reads the refreshed
+# weeks and the one before (lookback); "users" reads every day, so that a user's first week, first active
+# week and the last active week are the same whatever range a refresh recomputes
 _LIFECYCLE_WEEKLY = f"""
 WITH "weeks" AS (
   SELECT DISTINCT v."merged_user_id", CAST(DATE_TRUNC('week', v."event_date") AS DATE) AS "week"
   FROM {V}
   WHERE {{scan}} AND v."event_name" = '_session_start'
 ),
-"firsts" AS (
-  SELECT v."merged_user_id", CAST(DATE_TRUNC('week', MIN(v."first_date")) AS DATE) AS "first_week"
+"users" AS (
+  SELECT v."merged_user_id",
+    CAST(DATE_TRUNC('week', MIN(v."first_date")) AS DATE) AS "first_week",
+    CAST(DATE_TRUNC('week', MIN(v."event_date")) AS DATE) AS "first_active_week",
+    CAST(DATE_TRUNC('week', MAX(v."event_date")) AS DATE) AS "last_active_week"
   FROM {V}
-  WHERE {{scan}} AND v."event_name" = '_session_start'
+  WHERE v."event_name" = '_session_start'
   GROUP BY v."merged_user_id"
 ),
 "linked" AS (
-  SELECT "weeks"."merged_user_id", "weeks"."week", "firsts"."first_week",
+  SELECT "weeks"."merged_user_id", "weeks"."week", "users"."first_week", "users"."first_active_week",
     LAG("weeks"."week") OVER (PARTITION BY "weeks"."merged_user_id" ORDER BY "weeks"."week") AS "previous",
     LEAD("weeks"."week") OVER (PARTITION BY "weeks"."merged_user_id" ORDER BY "weeks"."week") AS "next"
-  FROM "weeks" LEFT JOIN "firsts" ON "firsts"."merged_user_id" = "weeks"."merged_user_id"
+  FROM "weeks" JOIN "users" ON "users"."merged_user_id" = "weeks"."merged_user_id"
 ),
 "labelled" AS (
   SELECT "week" AS "event_date",
     CASE
-      WHEN "week" = "first_week" OR ("first_week" IS NULL AND "previous" IS NULL) THEN 'new'
+      WHEN "week" = "first_week" OR ("first_week" IS NULL AND "week" = "first_active_week") THEN 'new'
       WHEN "previous" = "week" - 7 THEN 'retained'
       ELSE 'returning'
     END AS "lifecycle",
@@ -325,7 +343,7 @@ WITH "weeks" AS (
   UNION ALL
   SELECT "week" + 7 AS "event_date", 'churned' AS "lifecycle", "merged_user_id"
   FROM "linked"
-  WHERE ("next" IS NULL OR "next" > "week" + 7) AND "week" + 7 <= (SELECT MAX("week") FROM "weeks")
+  WHERE ("next" IS NULL OR "next" > "week" + 7) AND "week" + 7 <= (SELECT MAX("last_active_week") FROM "users")
 )
 SELECT "event_date", "lifecycle", COUNT(*) AS "user_count"
 FROM "labelled"
@@ -363,7 +381,7 @@ GROUP BY v."event_date", v."platform", {_DEVICE_COLUMNS},
 AGGREGATES = (
     Aggregate("clickstream_acquisition_day_user_view_cnt", _DAY_USER_VIEW_CNT),
     Aggregate("clickstream_acquisition_intra_day_user", _INTRA_DAY_USER),
-    Aggregate("clickstream_acquisition_day_traffic_source_user", _TRAFFIC_SOURCE_USER),
+    Aggregate("clickstream_acquisition_day_traffic_source_user", _TRAFFIC_SOURCE_USER, carries_forward=True),
     Aggregate("clickstream_acquisition_day_user_acquisition", _USER_ACQUISITION),
     Aggregate("clickstream_acquisition_country_new_user", _COUNTRY_NEW_USER),
     Aggregate("clickstream_engagement_day_event_view", _DAY_EVENT_VIEW),
@@ -372,11 +390,13 @@ AGGREGATES = (
     Aggregate("clickstream_engagement_entrance", _ENTRANCE),
     Aggregate("clickstream_engagement_exit", _EXIT, lookahead_days=1),
     Aggregate("clickstream_engagement_event_name", _EVENT_NAME),
-    Aggregate("clickstream_retention_user_new_return", _USER_NEW_RETURN),
+    Aggregate("clickstream_retention_user_new_return", _USER_NEW_RETURN, carries_forward=True),
     Aggregate("clickstream_retention_dau_wau", _DAU_WAU),
     Aggregate("clickstream_retention_event_overtime", _EVENT_OVERTIME),
-    Aggregate("clickstream_retention_view", _RETENTION),
-    Aggregate("clickstream_lifecycle_weekly_view", _LIFECYCLE_WEEKLY, grain="week", lookback_days=7),
+    Aggregate("clickstream_retention_view", _RETENTION, carries_forward=True),
+    Aggregate(
+        "clickstream_lifecycle_weekly_view", _LIFECYCLE_WEEKLY, grain="week", lookback_days=7, carries_forward=True
+    ),
     Aggregate("clickstream_device_crash_rate", _CRASH_RATE),
     Aggregate("clickstream_device_user_device", _USER_DEVICE),
 )

@@ -2,8 +2,11 @@
 
 PostgreSQL (and Redshift): the aggregates are tables with an `event_date` column. `refresh` deletes
 and recomputes the last N days (plus today) of every aggregate in one transaction, the days taken in
-the app's time zone; `backfill` does the same over any date range. Every refresh writes one row per
-object to `refresh_status`.
+the app's time zone; `backfill` does the same over any date range, and `recompute` over several ranges
+at once (the loader's refresh after a pass). Aggregates whose rows depend on earlier days
+(`Aggregate.carries_forward`: cohorts, new vs returning, first-touch dimensions, the weekly lifecycle) are
+recomputed from the first changed day through the newest day, whatever the ranges (`plan`). Every refresh
+writes one row per object and range to `refresh_status`.
 
 DuckDB: the aggregates are plain views over the base views by default (`mode="views"`): nothing is
 ever stored, so a DuckDB process only needs the base tables (views over the Parquet files) and never
@@ -19,6 +22,7 @@ the numbers are the same on every engine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -188,12 +192,50 @@ def refresh(
     """Recompute the last `days` days before today plus today (app time zone); returns the range."""
     end = today or today_in(target.timezone)
     start = end - timedelta(days=max(days, 0))
-    backfill(conn, engine, target, start, end, mode=mode, triggered_by=triggered_by)
+    recompute(conn, engine, target, [(start, end)], through=end, mode=mode, triggered_by=triggered_by)
     return start, end
 
 
 def _week_start(day: date) -> date:
     return day - timedelta(days=day.weekday())
+
+
+DayRange = tuple[date, date]
+
+
+def merge_ranges(ranges: Iterable[DayRange]) -> list[DayRange]:
+    """Sorted ranges, overlapping or adjacent ones joined."""
+    out: list[DayRange] = []
+    for start, end in sorted(ranges):
+        if end < start:
+            raise ValueError(f"back-fill range ends ({end}) before it starts ({start})")
+        if out and start <= out[-1][1] + timedelta(days=1):
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def plan(
+    ranges: Iterable[DayRange], through: date, objects: tuple[Aggregate, ...] = AGGREGATES
+) -> list[tuple[Aggregate, DayRange]]:
+    """What recomputing the days of `ranges` has to recompute, per aggregate.
+
+    An aggregate whose rows hold only their own day's facts: those ranges. One that `carries_forward` (a change
+    on day X changes its rows of later days): one range from the first day of `ranges` through `through` (the
+    newest day) or the last day of `ranges`, whichever is later.
+    """
+    merged = merge_ranges(ranges)
+    if not merged:
+        return []
+    newest = max(through, merged[-1][1])
+    out: list[tuple[Aggregate, DayRange]] = []
+    for agg in objects:
+        if agg.carries_forward:
+            out.append((agg, (merged[0][0], newest)))
+        else:
+            out.extend((agg, r) for r in merged)
+    return out
 
 
 def backfill(
@@ -203,49 +245,105 @@ def backfill(
     start: date,
     end: date,
     *,
+    through: date | None = None,
     mode: str | None = None,
     triggered_by: str = "MANUAL",
     objects: tuple[Aggregate, ...] = AGGREGATES,
     top_n: int = 20,
 ) -> None:
-    """Delete and recompute every aggregate for the days start..end (inclusive), in one transaction.
+    """Delete and recompute every aggregate for the days start..end (inclusive), in one transaction; the
+    aggregates that carry forward from `start` through `through` (default: today in the app's time zone, or
+    `end` when later), so that a back-fill after a late load leaves no later day stale.
 
     On failure nothing changes and a FAILED status row per aggregate is written in a transaction of its own.
     """
     if end < start:
         raise ValueError(f"back-fill range ends ({end}) before it starts ({start})")
+    newest = through if through is not None else max(end, today_in(target.timezone))
+    recompute(
+        conn,
+        engine,
+        target,
+        [(start, end)],
+        through=newest,
+        mode=mode,
+        triggered_by=triggered_by,
+        objects=objects,
+        top_n=top_n,
+    )
+
+
+def recompute(
+    conn: Any,
+    engine: str,
+    target: Target,
+    ranges: Iterable[DayRange],
+    *,
+    through: date,
+    mode: str | None = None,
+    triggered_by: str = "MANUAL",
+    objects: tuple[Aggregate, ...] = AGGREGATES,
+    top_n: int = 20,
+) -> list[tuple[str, DayRange]]:
+    """Delete and recompute what `plan(ranges, through)` says, every aggregate and range in one transaction;
+    returns the (aggregate name, range) pairs recomputed.
+
+    On failure nothing changes and a FAILED status row per aggregate and range is written in a transaction of its
+    own.
+    """
     mode = mode or default_mode(engine)
+    work = plan(ranges, through, objects)
     run = Runner(conn, engine)
     s = ident(target.schema)
+    if mode == "tables":
+        work = [(agg, _from_newest_week(run, target, agg, r)) for agg, r in work]
     try:
         with run.transaction():
-            for agg in objects:
+            for agg, (start, end) in work:
                 if mode == "tables":
                     _recompute(run, target, agg, start, end, top_n)
                 _status(run, s, agg.name, mode, start, end, "SUCCEEDED", triggered_by, None)
     except Exception as exc:
-        log.exception("refresh of %s (%s..%s) failed", target.schema, start, end)
+        log.exception("refresh of %s (%s) failed", target.schema, merge_ranges(ranges))
         with run.transaction():
-            for agg in objects:
+            for agg, (start, end) in work:
                 _status(run, s, agg.name, mode, start, end, "FAILED", triggered_by, str(exc)[:2000])
         raise
+    return [(agg.name, r) for agg, r in work]
 
 
 def _recompute(run: Runner, target: Target, agg: Aggregate, start: date, end: date, top_n: int) -> None:
-    first = _week_start(start) if agg.grain == "week" else start
+    table = f"{ident(target.schema)}.{ident(agg.name)}"
+    first, last = start, end
+    if agg.grain == "week":
+        first = _week_start(start)
+        last = _week_start(end) + timedelta(days=6)  # a week's rows need the whole week, even when end is mid-week
     params = {
         "start_date": first,
         "end_date": end,
         "scan_start": first - timedelta(days=agg.lookback_days),
-        "scan_end": end + timedelta(days=agg.lookahead_days),
+        "scan_end": last + timedelta(days=agg.lookahead_days),
     }
-    table = f"{ident(target.schema)}.{ident(agg.name)}"
     select = aggregate_select(agg, target, 'v."event_date" BETWEEN :scan_start AND :scan_end', top_n)
     run.run(f'DELETE FROM {table} WHERE "event_date" BETWEEN :start_date AND :end_date', params)
     run.run(
         f'INSERT INTO {table} SELECT * FROM ({select}) AS q WHERE q."event_date" BETWEEN :start_date AND :end_date',
         params,
     )
+
+
+def _from_newest_week(run: Runner, target: Target, agg: Aggregate, days: DayRange) -> DayRange:
+    """A weekly aggregate's range, started no later than its newest stored week: churned rows run up to the last
+    active week, so activity after a week without any adds churned rows to the week after the newest stored one.
+    Read before the refresh's transaction (on Redshift the transaction is one batch that returns no rows)."""
+    if agg.grain != "week":
+        return days
+    rows = run.rows(f'SELECT MAX("event_date") FROM {ident(target.schema)}.{ident(agg.name)}')
+    newest = rows[0][0] if rows else None
+    if newest is None:
+        return days
+    newest = newest.date() if isinstance(newest, datetime) else newest
+    return (min(days[0], newest), days[1])
 
 
 def _status(
