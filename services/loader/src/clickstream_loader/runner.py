@@ -54,7 +54,8 @@ class RunReport:
     glue_partitions: int = 0  # Glue partitions created (LOADER_GLUE_DATABASE)
     athena_queries: dict[str, list[str]] = field(default_factory=dict)  # named queries {"created", "updated"}
     duration_s: float = 0.0
-    # per app: postgres {"created", "refreshed": [[start, end]], "metadata": [...], "metadata_pending"};
+    # per app: postgres {"created", "refreshed": [[start, end]], "carried_forward": [start, end], "metadata": [...],
+    # "metadata_pending"};
     # duckdb {"published": bool} (the reporting views are part of the published definitions)
     reporting: dict[str, dict] = field(default_factory=dict)
 
