@@ -28,17 +28,27 @@ rows is harmless because the MERGE is idempotent by key: event_v2 / item_v2 rows
 identical data, a user_v2 row replaces one at least as new (itself), a session row only a worse-ranked one
 (itself is not). A batch that FAILED rolled back; one with a retriable error (serialisation conflict, lock,
 throttling) is submitted again after a backoff, with a fresh client token.
+
+After the loads (runner.run_once's order, as on PostgreSQL): the reporting layer of every app whose rows were merged
+(LOADER_REPORTING; `redshift_reports.py`), then retention (LOADER_RETENTION_DAYS): per app loaded in the pass, one
+batch of `DELETE FROM "<app>".<table> WHERE event_timestamp < (newest event_v2 row) - :days days` for event_v2,
+item_v2 and session (user_v2 keeps every user, as in the reference), and the DynamoDB records of LOADED/GONE files
+of days before the retention are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from urllib.parse import urlparse
 
 import sqlglot
@@ -55,6 +65,9 @@ log = logging.getLogger("clickstream_loader.redshift")
 Hook = Callable[[str, dict], None]
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
+POLL_S = 0.25  # first wait between describe_statement polls (doubling up to 5 s)
+# rows older than the retention are deleted from these tables (user_v2 keeps every user, as in the reference)
+RETENTION_TABLES = ("event_v2", "item_v2", "session")
 # API errors worth a new submission after a wait (botocore's own retries cover throttling and 5xx first)
 RETRIABLE_API = ("ActiveStatementsExceededException", "ActiveSessionsExceededException", "ThrottlingException")
 # SQL errors of a FAILED statement that a later attempt can get past (the failed batch rolled back)
@@ -198,6 +211,26 @@ def setup_statements(app_id: str) -> list[str]:
     return create_tables_sql(app_id, "redshift")
 
 
+def retention_statements(app_id: str) -> list[str]:
+    """One app's retention batch: rows older than `:days` days before the app's newest event (PostgreSQL's rule,
+    `pg.PostgresLoader.delete_expired`; the newest event is read by the statements themselves, and deleting older
+    rows never moves it). The Data API binds `:days`."""
+    newest = f'SELECT MAX("event_timestamp") FROM {qualified(app_id, "event_v2")}'  # noqa: S608
+    return [
+        render(
+            f'DELETE FROM {qualified(app_id, table)} WHERE "event_timestamp" < '  # noqa: S608 (identifiers only)
+            f"({newest}) - CAST(:days AS INTEGER) * INTERVAL '1 DAY'",
+            "redshift",
+        )
+        for table in RETENTION_TABLES
+    ]
+
+
+def _param(name: str, value) -> dict:
+    """A Data API parameter: a name and a non-empty string that Redshift converts to the column's type."""
+    return {"name": name, "value": str(value)}
+
+
 def manifest_document(entries: list[tuple[str, int]]) -> bytes:
     """A Redshift COPY manifest: every file mandatory, with its size (required for Parquet)."""
     return json.dumps(
@@ -236,7 +269,7 @@ class DataApi:
         self.retry_wait_s = retry_wait_s
 
     async def _submit(self, sqls: list[str], name: str, token: str, parameters: list[dict] | None) -> str:
-        args = {**self.target.api_args(), "StatementName": name[:500], "ClientToken": token[:64]}
+        args = {**self.target.api_args(), "StatementName": name[:500], "ClientToken": client_token(token)}
         if parameters:
             args["Parameters"] = parameters
         if len(sqls) == 1:
@@ -288,6 +321,51 @@ class DataApi:
             raise RedshiftError(f"{name} {answer['Status']} after {attempt + 1} attempt(s): {error}{where}")
         raise AssertionError("unreachable")
 
+    async def query(self, sql: str, name: str, parameters: list[dict] | None = None) -> tuple[list[str], list[tuple]]:
+        """One statement that returns rows: its column names and rows (all pages of `get_statement_result`), values
+        as Python types (dates, timestamps, Decimal for numeric; NULL is None)."""
+        answer = await self.run([sql], name, parameters)
+        if not answer.get("HasResultSet"):
+            return [], []
+        columns: list[str] = []
+        rows: list[tuple] = []
+        token = None
+        while True:
+            page = await self.client.get_statement_result(Id=answer["Id"], **({"NextToken": token} if token else {}))
+            meta = page.get("ColumnMetadata", [])
+            columns = [m.get("label") or m.get("name", "") for m in meta]
+            types = [m.get("typeName", "") for m in meta]
+            rows += [tuple(_value(f, t) for f, t in zip(record, types, strict=True)) for record in page["Records"]]
+            token = page.get("NextToken")
+            if not token:
+                return columns, rows
+
+
+def _value(field: dict, type_name: str):
+    """A Data API result field as a Python value."""
+    if field.get("isNull"):
+        return None
+    if "stringValue" in field:
+        text = field["stringValue"]
+        kind = type_name.lower()
+        if kind == "date":
+            return date.fromisoformat(text)
+        if kind in ("timestamp", "timestamptz"):
+            return datetime.fromisoformat(text)
+        if kind in ("numeric", "decimal"):
+            return Decimal(text)
+        return text
+    for key in ("longValue", "doubleValue", "booleanValue", "blobValue"):
+        if key in field:
+            return field[key]
+    return None
+
+
+def client_token(token: str) -> str:
+    """The API's idempotency token (at most 64 characters): a longer one is hashed rather than cut, so that two
+    submissions (another manifest, another attempt) never share one."""
+    return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()
+
 
 def _retriable(error: str) -> bool:
     text = error.lower()
@@ -315,6 +393,7 @@ class ManifestResult:
     gone: list[str]
     seconds: float
     manifest_uri: str = ""
+    days: frozenset = field(default_factory=frozenset)  # the (UTC) event days of the loaded files
 
 
 class RedshiftLoader:
@@ -334,6 +413,25 @@ class RedshiftLoader:
             return
         await self.api.run(setup_statements(app_id), f"clickstream-ddl-{app_id}")
         self._ready.add(app_id)
+
+    @property
+    def ready_apps(self) -> set[str]:
+        """The apps whose schema and tables this loader made sure of (the apps it loaded files of)."""
+        return set(self._ready)
+
+    async def delete_expired(self, apps: Iterable[str], days: int) -> dict[str, int]:
+        """Retention, one batch (one transaction) per app; returns the deleted rows per table."""
+        deleted: dict[str, int] = {}
+        for app_id in sorted(apps):
+            statements = retention_statements(app_id)
+            answer = await self.api.run(
+                statements, f"clickstream-retention-{uuid.uuid4().hex[:12]}-{app_id}", [_param("days", days)]
+            )
+            for index, table in enumerate(RETENTION_TABLES):
+                deleted[table] = deleted.get(table, 0) + affected_rows(answer, index)
+        if deleted:
+            log.info("retention", extra={"days": days, "deleted_rows": deleted})
+        return deleted
 
     async def _sizes(self, uris: list[str]) -> dict[str, int | None]:
         """The objects' sizes now (a manifest needs each file's exact length; None: the file is gone)."""
@@ -390,8 +488,9 @@ class RedshiftLoader:
         if gone:
             self.store.mark_gone(gone)
         self.hook("marked", info)
+        days = frozenset(f.event_day for f in files if f.uri in set(loaded))
         result = ManifestResult(
-            manifest_id, app_id, table, len(loaded), staged, merged, gone, time.monotonic() - started, uri
+            manifest_id, app_id, table, len(loaded), staged, merged, gone, time.monotonic() - started, uri, days
         )
         log.info(
             "manifest loaded",
@@ -414,17 +513,20 @@ class RedshiftLoader:
 
 
 def run_redshift(config, apps, files, report, hook=None) -> None:
-    """runner.run_once's redshift branch: register, load every pending group, finish the report."""
+    """runner.run_once's redshift branch: register, load every pending group, reporting, retention, finish."""
+    from . import metrics
+    from .runner import _retention_start
     from .state_dynamodb import DynamoStateStore
 
     store = DynamoStateStore(config.state_table, lease_s=config.state_lease_s)
     try:
         store.create()
         report.registered = store.register(files)
-        asyncio.run(_load_all(config, store, report, hook))
+        asyncio.run(_pass(config, apps, store, report, hook))
+        start = _retention_start(config)
+        if start is not None:
+            store.forget_before(start)
         summary = store.summary()
-        from . import metrics
-
         metrics.observe_summary(summary)
         report.pending_files = sum(n for (_, state), n in summary.counts.items() if state in ("NEW", "ENQUEUED"))
         report.oldest_pending_age_s = summary.oldest_pending_age_s()
@@ -432,7 +534,7 @@ def run_redshift(config, apps, files, report, hook=None) -> None:
         store.close()
 
 
-async def _load_all(config, store: StateStore, report, hook) -> None:
+async def _pass(config, apps, store: StateStore, report, hook) -> None:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -448,8 +550,11 @@ async def _load_all(config, store: StateStore, report, hook) -> None:
     client_config = AioConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     async with get_session().create_client("redshift-data", region_name=region, config=client_config) as client:
-        api = DataApi(client, target, timeout_s=config.redshift_timeout_s, retries=config.redshift_retries)
+        api = DataApi(
+            client, target, timeout_s=config.redshift_timeout_s, retries=config.redshift_retries, poll_s=POLL_S
+        )
         loader = RedshiftLoader(store, api, config.redshift_iam_role, config.manifest_prefix, hook)
+        touched: dict[str, set[date]] = {}  # app -> UTC event days of the files whose rows were merged
         for app_id, table in store.pending_groups():
             try:
                 results = await loader.load_group(app_id, table, config.max_files, new_manifest_id)
@@ -461,3 +566,35 @@ async def _load_all(config, store: StateStore, report, hook) -> None:
                 report.manifests += 1
                 report.gone += len(result.gone)
                 report.add(table, result.files, result.merged_rows)
+                if result.merged_rows:
+                    touched.setdefault(app_id, set()).update(result.days)
+        if config.reporting and touched:
+            await _reporting(config, apps, api, touched, report)
+        if config.retention_days and loader.ready_apps:
+            try:
+                report.deleted_rows = await loader.delete_expired(loader.ready_apps, config.retention_days)
+            except Exception as exc:
+                log.exception("retention failed")
+                report.errors.append(f"retention: {type(exc).__name__}: {exc}")
+
+
+async def _reporting(config, apps, api: DataApi, touched: dict[str, set[date]], report) -> None:
+    """The reporting refresh (synchronous code, the reporting package's) on a worker thread, its Data API calls
+    run on this event loop."""
+    from .redshift_reports import DataApiConnection, refresh_all
+
+    loop = asyncio.get_running_loop()
+    conn = DataApiConnection(api, lambda coroutine: asyncio.run_coroutine_threadsafe(coroutine, loop).result())
+    try:
+        await asyncio.to_thread(
+            refresh_all,
+            conn,
+            apps,
+            touched,
+            report,
+            refresh_days=config.refresh_days,
+            metadata_interval_s=config.metadata_interval_s,
+        )
+    except Exception as exc:
+        log.exception("reporting failed")
+        report.errors.append(f"reporting: {type(exc).__name__}: {exc}")
