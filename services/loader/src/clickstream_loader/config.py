@@ -69,8 +69,8 @@ class LoaderConfig:
     reporting: bool = env(
         "LOADER_REPORTING",
         True,
-        "postgres: after a pass that loaded an app's rows, create its reporting objects (when missing or changed) "
-        "and refresh the touched days; duckdb: publish the reporting views with the app's views",
+        "postgres, redshift: after a pass that loaded an app's rows, create its reporting objects (when missing or "
+        "changed) and refresh the touched days; duckdb: publish the reporting views with the app's views",
     )
     refresh_days: int = env(
         "LOADER_REFRESH_DAYS", 1, "Reporting refresh window: this many days before today plus today (app time zone)"
