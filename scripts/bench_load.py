@@ -7,7 +7,7 @@
    indexed tables, state commit); each measured on a fresh database, best of --repeat;
 4. prints rows/s of both and the ratio (goal >= 0.8).
 
-python -m scripts.bench_load [--events 1000000] [--repeat 2] [--data DIR]
+python -m scripts.bench_load [--events 1000000] [--repeat 2] [--data DIR] [--connections N]
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--max-files", type=int, default=50)
+    parser.add_argument(
+        "--connections", type=int, default=LoaderConfig().connections, help="groups loaded at once (LOADER_CONNECTIONS)"
+    )
     args = parser.parse_args(argv)
     root = args.data or CACHE / f"events-{args.events}"
     files = dataset(args.events, root)
@@ -100,7 +103,12 @@ def main(argv: list[str]) -> int:
             print(f"ceiling run {attempt + 1}: {took:.2f} s, {total / took:,.0f} rows/s", file=sys.stderr)
             dsn = cluster.create_database(f"loader_{attempt}")
             config = LoaderConfig(
-                engine="postgres", source=str(root), postgres_dsn=dsn, max_files=args.max_files, reporting=False
+                engine="postgres",
+                source=str(root),
+                postgres_dsn=dsn,
+                max_files=args.max_files,
+                reporting=False,
+                connections=args.connections,
             )
             started = time.monotonic()
             report = run_once(config)
