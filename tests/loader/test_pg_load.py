@@ -57,6 +57,30 @@ def test_same_keys_in_one_batch_and_across_batches_count_once(tmp_path, pg_dsn):
                                             ("e3", "_page_view")]  # fmt: skip
 
 
+def test_new_keys_copy_straight_and_a_collision_falls_back_to_the_merge(tmp_path, pg_dsn, caplog):
+    def paths() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for record in caplog.records:
+            if record.getMessage() == "manifest loaded":
+                out.setdefault(record.table, []).append(record.path)
+        caplog.clear()
+        return out
+
+    caplog.set_level("INFO", logger="clickstream_loader")
+    write(tmp_path, "event_v2", [event("e1"), event("e2")], tag="w1")
+    write(tmp_path, "session", [session("u1", "s1", "google")], tag="w1")
+    assert run_once(pg_config(tmp_path, pg_dsn)).status == "succeeded"
+    assert paths() == {"event_v2": ["straight"], "session": ["straight"]}
+    # an event loaded before (tried straight, refused by the unique index) and a session seen again (keys checked)
+    write(tmp_path, "event_v2", [event("e3"), event("e1", event_name="again")], tag="w2")
+    write(tmp_path, "session", [session("u1", "s1", "bing")], tag="w2")
+    assert run_once(pg_config(tmp_path, pg_dsn)).status == "succeeded"
+    assert paths() == {"event_v2": ["merge"], "session": ["merge"]}
+    rows = query(pg_dsn, 'SELECT event_id, event_name FROM "shop"."event_v2" ORDER BY 1')
+    assert rows == [("e1", "again"), ("e2", "_page_view"), ("e3", "_page_view")]
+    assert count(pg_dsn, "session") == 1
+
+
 def test_session_keeps_a_real_traffic_source_over_direct(tmp_path, pg_dsn):
     write(tmp_path, "session", [session("u1", "s1", "Direct"), session("u2", "s2", "google")], tag="w1")
     write(tmp_path, "session", [session("u3", "s3", None), session("u3", "s3", "bing", minute=5)], tag="w2")

@@ -58,6 +58,10 @@ TEMP_BUFFERS = "256MB"
 WORK_MEM = "256MB"
 
 
+# Tables whose manifests are COPYed straight into the target without a keys-only check first (see _copy_straight).
+OPTIMISTIC_TABLES = frozenset({"event_v2", "item_v2"})
+
+
 def merge_index_name(app_id: str, table: str) -> str:
     """The merge-key index of an app's table as `to_regclass` reads it (schema.merge_index_sql creates it)."""
     return f"{quote(schema_name(app_id))}.{quote(table + '_merge_key')}"
@@ -266,14 +270,34 @@ class PostgresLoader:
         """When none of the manifest's keys is loaded yet and none repeats inside it, the MERGE would insert every
         row as it is: COPY the files straight into the target instead (created_time = now(), its default).
 
-        The check: a keys-only COPY into a temp table, then a hash aggregate (a key twice in the batch) and a
-        semi-join on the target's unique index (a key already loaded). The straight COPY runs in a savepoint:
-        should a key collide after all (a file rewritten between the two reads), the unique index refuses it,
-        the savepoint is rolled back and the caller takes the staging + MERGE path. Returns (rows, gone), or None
-        for "use the MERGE path". Everything stays inside the manifest's transaction (rows and file states)."""
+        The straight COPY runs in a savepoint and the target's unique index on the merge key is the check: a key
+        loaded before or twice in the manifest fails the COPY at that row, the savepoint is rolled back and the
+        caller takes the staging + MERGE path. For events and items a colliding key is the exception (an SDK retry
+        that reached two ETL windows, a rewritten file), so they try the COPY at once. Users and sessions recur
+        in every window, so they first COPY only the keys into a temp table and look for a repeated or loaded key
+        (a hash aggregate and a semi-join on the unique index), and skip the doomed COPY when one is found.
+        Everything stays inside the manifest's transaction (rows and file states). Returns (rows, gone), or None
+        for "use the MERGE path"."""
+        target = qualified(app_id, table)
+        if table not in OPTIMISTIC_TABLES and self._keys_collide(table, target, uris, timings):
+            return None
+        names = tuple(c for c in TABLES[table].names if c != "created_time")
+        clock = time.monotonic()
+        try:
+            with self.conn.transaction():  # a savepoint
+                rows, gone = self._copy(table, target, uris, only=names, file_no=False)
+        except psycopg.errors.UniqueViolation:
+            timings["collided_s"] = time.monotonic() - clock
+            log.info("straight COPY collided on a key: staging + MERGE instead", extra=info)
+            return None
+        timings["copy_s"] = time.monotonic() - clock
+        self.hook("copied", {**info, "rows": rows})
+        return rows, gone
+
+    def _keys_collide(self, table: str, target: str, uris: list[str], timings: dict) -> bool:
+        """A keys-only COPY into a temp table: does a key repeat in the manifest, or is one loaded already?"""
         keys = MERGE_KEYS[table]
         keys_table = quote(f"_keys_{table}")
-        target = qualified(app_id, table)
         key_list = ", ".join(quote(k) for k in keys)
         clock = time.monotonic()
         self.conn.execute(
@@ -293,19 +317,7 @@ class PostgresLoader:
                 f"SELECT 1 FROM {keys_table} AS k WHERE EXISTS (SELECT 1 FROM {target} AS t WHERE {on}) LIMIT 1"  # noqa: S608
             ).fetchone()
         timings["keys_s"] = time.monotonic() - clock
-        if conflict:
-            return None
-        names = tuple(c for c in TABLES[table].names if c != "created_time")
-        clock = time.monotonic()
-        try:
-            with self.conn.transaction():  # a savepoint
-                rows, gone = self._copy(table, target, uris, only=names, file_no=False)
-        except psycopg.errors.UniqueViolation:
-            log.info("straight COPY collided on a key: staging + MERGE instead", extra=info)
-            return None
-        timings["copy_s"] = time.monotonic() - clock
-        self.hook("copied", {**info, "rows": rows})
-        return rows, gone
+        return bool(conflict)
 
     def _stage_and_merge(self, app_id: str, table: str, uris: list[str], info: dict, timings: dict):
         """The general path: staging COPY, dedup in the batch, MERGE; returns (staged, merged, gone)."""
