@@ -3,6 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 PORT ?= 8080
 DATA_DIR ?= ./data
+WAREHOUSE ?= duckdb
 export PORT DATA_DIR
 
 .PHONY: help setup setup-test up demo test test-fast lint fmt bench bench-stream bench-etl bench-load bench-freshness etl package-etl clean
@@ -11,6 +12,7 @@ help:
 	@echo "make demo       the whole pipeline (ingest, ETL, loader, DuckDB reports) fed realistic SDK traffic"
 	@echo "make up         run the local stack and the pipeline in the foreground (Ctrl-C drains and stops);"
 	@echo "                SINK=kafka or SINK=kinesis buffers through a real Kafka broker or the Kinesis emulator"
+	@echo "                WAREHOUSE=postgres (up and demo) loads into a PostgreSQL cluster under DATA_DIR/postgres"
 	@echo "make test       every test, with the real components (Chromium, S3 API server)"
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      HTTP ingestion benchmark against nginx on the same box"
@@ -33,10 +35,12 @@ export SINK
 up: setup
 	@if [ "$(SINK)" = kafka ]; then bash scripts/setup.sh kafka; fi
 	@if [ "$(SINK)" = kinesis ]; then bash scripts/setup.sh emulators; fi
-	uv run python -m scripts.stack up --port $(PORT) --data-dir $(DATA_DIR) --sink $(SINK)
+	@if [ "$(WAREHOUSE)" = postgres ]; then bash scripts/setup.sh postgres; fi
+	uv run python -m scripts.stack up --port $(PORT) --data-dir $(DATA_DIR) --sink $(SINK) --warehouse $(WAREHOUSE)
 
 demo: setup
-	uv run python -m scripts.demo --port $(PORT) --data-dir $(DATA_DIR)
+	@if [ "$(WAREHOUSE)" = postgres ]; then bash scripts/setup.sh postgres; fi
+	uv run python -m scripts.demo --port $(PORT) --data-dir $(DATA_DIR) --warehouse $(WAREHOUSE)
 
 test: setup-test
 	uv run pytest -q

@@ -1,10 +1,12 @@
 """`make demo`: the whole pipeline on one machine, fed a realistic stream of SDK traffic.
 
     python -m scripts.demo [--seconds 60] [--visitors 20] [--interval 30] [--port 8080] [--data-dir ./data]
+                           [--warehouse duckdb|postgres]
 
 The local stack (proxy + worker writing raw objects to a local folder) and the pipeline scheduler
 (scripts/pipeline.py: the ETL and then the loader every `--interval` seconds, DuckDB views as the
-warehouse) run while visitors from several countries, devices and traffic sources play sessions
+warehouse, or a PostgreSQL cluster of the demo's own with `--warehouse postgres`) run while visitors
+from several countries, devices and traffic sources play sessions
 (page views, scrolls, clicks, searches, carts, purchases); web visitors post JSON arrays like the
 web SDK, app visitors post gzip+Base64 bodies like the mobile SDKs. At the end the stack drains,
 the scheduler runs a last cycle, and the demo checks that every acknowledged request is in the raw
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-port", type=int, default=int(os.environ.get("WORKER_HTTP_PORT", "8686")))
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
     parser.add_argument("--interval", type=float, default=float(os.environ.get("PIPELINE_INTERVAL_S", "30")))
+    parser.add_argument(
+        "--warehouse", choices=pipeline.LocalWarehouse.KINDS, default=os.environ.get("WAREHOUSE") or "duckdb"
+    )
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir).resolve()
@@ -104,10 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         roll_seconds=10,
         log_dir=data_dir / "logs",
     )
+    warehouse = pipeline.LocalWarehouse(args.warehouse, data_dir)
+    loader_env = warehouse.start()
+    try:
+        return run(args, data_dir, stack, warehouse, loader_env)
+    finally:
+        warehouse.stop()
+
+
+def run(args, data_dir: Path, stack: LocalStack, warehouse: pipeline.LocalWarehouse, loader_env: dict) -> int:
     print(f"starting the local stack on {stack.url} (logs in {data_dir / 'logs'})", flush=True)
     stack.start()
     print(f"starting the pipeline: ETL + loader every {args.interval:g} s (logs/pipeline.log)", flush=True)
-    scheduler = pipeline.start_process(data_dir, args.interval, data_dir / "logs")
+    scheduler = pipeline.start_process(data_dir, args.interval, data_dir / "logs", **loader_env)
     try:
         duration = "until Ctrl-C" if args.seconds <= 0 else f"for {args.seconds:g} s"
         print(f"sending SDK traffic from {args.visitors} visitors {duration}", flush=True)
@@ -131,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         f"  raw records: {len(records)}; acknowledged requests missing from the data: {len(missing)}",
         flush=True,
     )
-    warehouse = summary(layout) if pipeline_rc == 0 else None
-    if warehouse is None:
+    totals = summary(layout, warehouse) if pipeline_rc == 0 else None
+    if totals is None:
         print(f"demo FAILED: the pipeline exited with {pipeline_rc} (see {data_dir / 'logs' / 'pipeline.log'})")
         return 1
-    if warehouse["events"] + warehouse["bad"] != stats["events"]:
+    if totals["events"] + totals["bad"] != stats["events"]:
         print(
-            f"demo FAILED: {stats['events']} events accepted, but {warehouse['events']} in event_v2 "
-            f"and {warehouse['bad']} bad rows",
+            f"demo FAILED: {stats['events']} events accepted, but {totals['events']} in event_v2 "
+            f"and {totals['bad']} bad rows",
             file=sys.stderr,
         )
         return 1
@@ -148,20 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summary(layout: pipeline.Layout) -> dict:
-    """Headline numbers from the reporting views the loader published with the warehouse (DuckDB, read in this
-    process's memory: no write lock on anything)."""
+def summary(layout: pipeline.Layout, warehouse: pipeline.LocalWarehouse) -> dict:
+    """Headline numbers from the reporting objects the loader keeps in the warehouse (the same SQL on DuckDB
+    and PostgreSQL)."""
     import json
-
-    from clickstream_loader.warehouse import connect_duckdb
 
     bad = 0
     for report in sorted((layout.ods / "_etl" / "runs").glob("job-*.json")):
         bad += sum(json.loads(report.read_text()).get("bad", {}).values())
-    con = connect_duckdb(layout.warehouse)
+    con = warehouse.connect()
     schemas = {row[0] for row in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
     events = 0
-    print(f"\nwarehouse (DuckDB views over {layout.ods}; readers: clickstream_loader.warehouse.connect_duckdb)")
+    print(f"\nwarehouse: {warehouse.describe()}")
     for app in APP_IDS:
         if app not in schemas:
             print(f"  {app}: no data")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -126,6 +128,70 @@ class Pipeline:
         if self._spark is not None:
             self._spark.stop()
             self._spark = None
+
+
+class LocalWarehouse:
+    """The warehouse `make up` and `make demo` load into (`--warehouse` / WAREHOUSE): DuckDB views over the
+    Parquet (the default: nothing to start) or PostgreSQL, a cluster of their own under <data dir>/postgres
+    (scripts/postgres.py; its data stays between runs), started before the pipeline and stopped after it."""
+
+    KINDS = ("duckdb", "postgres")
+
+    def __init__(self, kind: str, data_dir: Path):
+        if kind not in self.KINDS:
+            raise ValueError(f"warehouse {kind!r}: use one of {', '.join(self.KINDS)}")
+        self.kind = kind
+        self.layout = Layout(data_dir)
+        self.cluster = None
+        self.dsn = ""
+
+    def start(self) -> dict[str, str]:
+        """Starts what needs starting; returns the loader's environment for the pipeline process."""
+        if self.kind == "duckdb":
+            return {"LOADER_ENGINE": "duckdb"}
+        import psycopg
+
+        from scripts.postgres import PostgresCluster
+
+        self.cluster = PostgresCluster(self.cluster_dir()).start()
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'clickstream'").fetchone():
+                conn.execute("CREATE DATABASE clickstream")
+        self.dsn = self.cluster.dsn("clickstream")
+        return {"LOADER_ENGINE": "postgres", "LOADER_POSTGRES_DSN": self.dsn}
+
+    def cluster_dir(self) -> Path:
+        """<data dir>/postgres; as root (the server then runs as the postgres user) a folder under /var/tmp
+        named after the data dir when a parent of the data dir keeps other users out."""
+        wanted = self.layout.data_dir / "postgres"
+        if os.geteuid() != 0:
+            return wanted
+        existing = next(p for p in (wanted, *wanted.parents) if p.exists())
+        if all(p.stat().st_mode & stat.S_IXOTH for p in (existing, *existing.parents)):
+            return wanted
+        digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"clickstream-postgres-{digest}"
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+    def describe(self) -> str:
+        if self.kind == "duckdb":
+            return f"DuckDB views over {self.layout.ods} (readers: clickstream_loader.warehouse.connect_duckdb)"
+        return f"PostgreSQL {self.dsn} (stopped with the stack; data in {self.cluster.dir if self.cluster else '-'})"
+
+    def connect(self):
+        """A reader: `.execute(sql).fetchall()` on DuckDB (in this process's memory, locking nothing) or
+        PostgreSQL; the caller closes it."""
+        if self.kind == "duckdb":
+            from clickstream_loader.warehouse import connect_duckdb
+
+            return connect_duckdb(self.layout.warehouse)
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True)
 
 
 def start_process(data_dir: Path, interval: float, log_dir: Path | None = None, **env: str):

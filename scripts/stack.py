@@ -328,11 +328,19 @@ def up(args: argparse.Namespace) -> int:
         if stopping:  # Ctrl-C while starting: the children got it too
             return 0
         raise
-    scheduler = None
+    scheduler = warehouse = None
     if args.pipeline_interval > 0:
         from scripts import pipeline
 
-        scheduler = pipeline.start_process(data_dir, args.pipeline_interval, data_dir / "logs")
+        warehouse = pipeline.LocalWarehouse(args.warehouse, data_dir)
+        try:
+            loader_env = warehouse.start()
+        except Exception:
+            stack.stop()
+            if buffer is not None:
+                buffer.stop()
+            raise
+        scheduler = pipeline.start_process(data_dir, args.pipeline_interval, data_dir / "logs", **loader_env)
     via = {
         "s3": "the worker's S3 sink",
         "kafka": f"Kafka {stack.kafka_bootstrap} topic {stack.topic} and kinesis-s3-sink",
@@ -345,8 +353,8 @@ def up(args: argparse.Namespace) -> int:
         f"  worker:   {stack.worker_url}/ready  {stack.worker_url}/metrics\n"
         f"  raw data: {stack.lake}/clickstream/default/data/buffer/\n"
         f"            objects every {args.roll_seconds:g} s, via {via}\n"
-        f"  pipeline: ETL + loader every {args.pipeline_interval:g} s into {data_dir}/lake/clickstream/default/data/ods"
-        f" (DuckDB views: clickstream_loader.warehouse.connect_duckdb('<ods>/_loader'))\n"
+        f"  pipeline: ETL + loader every {args.pipeline_interval:g} s into {stack.lake}/clickstream/default/data/ods\n"
+        f"  warehouse: {warehouse.describe() if warehouse else 'none (no pipeline)'}\n"
         f"  logs:     {data_dir / 'logs'}\n"
         f"Ctrl-C drains and stops.",
         flush=True,
@@ -364,6 +372,8 @@ def up(args: argparse.Namespace) -> int:
 
         print("last pipeline cycle (ETL + load of everything that arrived)", flush=True)
         pipeline.stop_process(scheduler)
+    if warehouse is not None:
+        warehouse.stop()
     if buffer is not None:
         buffer.stop()
     return 0
@@ -385,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=float(os.environ.get("PIPELINE_INTERVAL_S", "30")),
         help="seconds between ETL + loader cycles (0 = no pipeline, ingestion only)",
+    )
+    up_parser.add_argument(
+        "--warehouse",
+        choices=("duckdb", "postgres"),
+        default=os.environ.get("WAREHOUSE") or "duckdb",
+        help="where the loader puts the tables: DuckDB views, or a PostgreSQL cluster under <data dir>/postgres",
     )
     args = parser.parse_args(argv)
     return up(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"])
+def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path, warehouse):
     env = dict(os.environ)
     env.update(
         {
@@ -26,6 +28,7 @@ def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
             "DATA_DIR": str(tmp_path / "data"),
             "DEMO_SECONDS": "3",
             "DEMO_VISITORS": "8",
+            "WAREHOUSE": warehouse,
         }
     )
     result = subprocess.run(
@@ -48,6 +51,15 @@ def test_make_demo_runs_and_every_acknowledged_request_lands(tmp_path):
     in_warehouse = sum(int(n) for n in re.findall(r"  \w+: (\d+) events, ", result.stdout))
     assert in_warehouse == events > 0
     assert "bad rows: 0" in result.stdout
+    assert f"warehouse: {'DuckDB' if warehouse == 'duckdb' else 'PostgreSQL'} " in result.stdout
+    if warehouse == "postgres":  # the demo's own cluster holds the tables and is stopped with it
+        cluster = Path(re.search(r"data in (\S+)\)", result.stdout).group(1))
+        try:
+            assert (cluster / "data" / "PG_VERSION").exists()
+            assert not (cluster / "data" / "postmaster.pid").exists()
+        finally:
+            if cluster.is_relative_to("/var/tmp"):  # as root, beside a data dir other users cannot enter
+                shutil.rmtree(cluster, ignore_errors=True)
 
 
 @pytest.mark.slow
