@@ -58,7 +58,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import sqlglot
@@ -68,8 +68,7 @@ from sqlglot import exp
 from . import reporting
 from .redshift import DataApi
 from .reporting.db import Runner
-from .reporting.materialize import merge_ranges, recompute, today_in
-from .reports import around, local_days, outside, target_of
+from .reports import finished, local_days, refresh_touched, scan_pending, target_of
 from .schema import LOADER_SCHEMA, qualified, quote
 from .sqlrender import RedshiftDataApi
 
@@ -401,36 +400,20 @@ def refresh_app(
         touched |= _span(local_days(data_days(run, app_id), target.timezone))
         done["created"] = True
         scanned_at = created_at = None
-    end = today or today_in(target.timezone)
-    window = (end - timedelta(days=max(refresh_days, 0)), end)
-    if touched:  # the same ranges as on PostgreSQL (reports.refresh_app), recomputed in one transaction
-        ranges = [window, *outside(around(touched, end), window)]
-        done["refreshed"] = merge_ranges(ranges)
-        newest = max(end, max(touched))
-        done["carried_forward"] = (done["refreshed"][0][0], max(newest, done["refreshed"][-1][1]))
-        recompute(conn, ENGINE, target, ranges, through=newest, triggered_by="WORK_FLOW")
+    window = refresh_touched(conn, ENGINE, target, touched, refresh_days, today, done)
     pending |= _span(touched)
     _write_state(run, app_id, wanted, created_at, scanned_at, pending)
     due = scanned_at is None or now is None or (now - scanned_at).total_seconds() >= metadata_interval_s
     if due and pending:
-        reporting.scan_metadata(conn, ENGINE, target, *window)
-        done["metadata"].append(window)
-        for start, stop in outside(pending, window):
-            reporting.scan_metadata(conn, ENGINE, target, start, stop)
-            done["metadata"].append((start, stop))
+        scan_pending(conn, ENGINE, target, window, pending, done)
         pending = set()
         run.run(
             f'UPDATE {STATE} SET "metadata_scanned_at" = now(), "metadata_from" = NULL, "metadata_to" = NULL '
             'WHERE "app_id" = :app',
             {"app": app_id},
         )
-    done["metadata_pending"] = (min(pending).isoformat(), max(pending).isoformat()) if pending else None
-    done["refreshed"] = [(a.isoformat(), b.isoformat()) for a, b in done["refreshed"]]
-    if done["carried_forward"]:
-        done["carried_forward"] = tuple(d.isoformat() for d in done["carried_forward"])
-    done["metadata"] = [(a.isoformat(), b.isoformat()) for a, b in done["metadata"]]
-    log.info("reporting refreshed", extra={"app_id": app_id, "reporting": done})
-    return done
+    done["metadata_pending"] = (min(pending), max(pending)) if pending else None
+    return finished(app_id, done)
 
 
 def refresh_all(

@@ -142,14 +142,7 @@ def refresh_app(
             touched |= _span(local_days(_data_days(conn, app_id), target.timezone))
             done["created"] = True
             scanned_at = None
-        end = today or today_in(target.timezone)
-        window = (end - timedelta(days=max(refresh_days, 0)), end)
-        if touched:
-            ranges = [window, *outside(around(touched, end), window)]
-            done["refreshed"] = merge_ranges(ranges)
-            newest = max(end, max(touched))
-            done["carried_forward"] = (done["refreshed"][0][0], max(newest, done["refreshed"][-1][1]))
-            recompute(conn, "postgres", target, ranges, through=newest, triggered_by="WORK_FLOW")
+        window = refresh_touched(conn, "postgres", target, touched, refresh_days, today, done)
         pending |= _span(touched)
         conn.execute(
             sql.SQL(
@@ -165,11 +158,7 @@ def refresh_app(
         )
         due = scanned_at is None or now is None or (now - scanned_at).total_seconds() >= metadata_interval_s
         if due and pending:
-            reporting.scan_metadata(conn, "postgres", target, *window)
-            done["metadata"].append(window)
-            for start, stop in outside(pending, window):
-                reporting.scan_metadata(conn, "postgres", target, start, stop)
-                done["metadata"].append((start, stop))
+            scan_pending(conn, "postgres", target, window, pending, done)
             pending = set()
             conn.execute(
                 sql.SQL(
@@ -182,11 +171,44 @@ def refresh_app(
     finally:
         if not conn.closed and not conn.broken:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", key)
+    return finished(app_id, done)
+
+
+def refresh_touched(
+    conn, engine: str, target: reporting.Target, touched: set[date], refresh_days: int, today: date | None, done: dict
+) -> tuple[date, date]:
+    """Step 2 on any engine: the window (the last `refresh_days` days and today in the app's time zone) and the
+    touched days with their neighbours, recomputed in one transaction, the carried-forward aggregates through the
+    newest day; records it in `done` and returns the window."""
+    end = today or today_in(target.timezone)
+    window = (end - timedelta(days=max(refresh_days, 0)), end)
+    if touched:
+        ranges = [window, *outside(around(touched, end), window)]
+        done["refreshed"] = merge_ranges(ranges)
+        newest = max(end, max(touched))
+        done["carried_forward"] = (done["refreshed"][0][0], max(newest, done["refreshed"][-1][1]))
+        recompute(conn, engine, target, ranges, through=newest, triggered_by="WORK_FLOW")
+    return window
+
+
+def scan_pending(
+    conn, engine: str, target: reporting.Target, window: tuple[date, date], pending: set[date], done: dict
+) -> None:
+    """Step 3's scan on any engine: the window, then each pending range outside it."""
+    reporting.scan_metadata(conn, engine, target, *window)
+    done["metadata"].append(window)
+    for start, stop in outside(pending, window):
+        reporting.scan_metadata(conn, engine, target, start, stop)
+        done["metadata"].append((start, stop))
+
+
+def finished(app_id: str, done: dict) -> dict:
+    """`done` with its days as ISO text (the run report is JSON), logged."""
     done["refreshed"] = [(a.isoformat(), b.isoformat()) for a, b in done["refreshed"]]
     if done.get("carried_forward"):
         done["carried_forward"] = tuple(d.isoformat() for d in done["carried_forward"])
     done["metadata"] = [(a.isoformat(), b.isoformat()) for a, b in done["metadata"]]
-    if done["metadata_pending"]:
+    if done.get("metadata_pending"):
         done["metadata_pending"] = tuple(d.isoformat() for d in done["metadata_pending"])
     log.info("reporting refreshed", extra={"app_id": app_id, "reporting": done})
     return done
