@@ -50,7 +50,6 @@ metadata scan is pending is scanned in the next pass that merges rows (of any ap
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -68,8 +67,8 @@ from sqlglot import exp
 from . import reporting
 from .redshift import DataApi
 from .reporting.db import Runner
-from .reports import finished, local_days, refresh_touched, scan_pending, target_of
-from .schema import LOADER_SCHEMA, qualified, quote
+from .reports import data_days, digest, finished, local_days, refresh_touched, scan_pending, span, target_of
+from .schema import LOADER_SCHEMA, quote
 from .sqlrender import RedshiftDataApi
 
 log = logging.getLogger("clickstream_loader.redshift_reports")
@@ -319,12 +318,6 @@ class AppState:
     now: datetime | None
 
 
-def digest(target: reporting.Target) -> str:
-    """What the app's objects are made of: a digest of their definitions as Redshift runs them."""
-    text = "\n;\n".join(reporting.object_sql(ENGINE, target))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def read_states(conn: DataApiConnection) -> dict[str, AppState]:
     """The state table (created when missing): every app's row."""
     run = Runner(conn, ENGINE)
@@ -356,20 +349,6 @@ def _write_state(run: Runner, app_id: str, definitions: str, created_at, scanned
         )
 
 
-def data_days(run: Runner, app_id: str) -> set[date]:
-    """The UTC days of the app's oldest and newest event and user rows (the span a rebuild back-fills)."""
-    rows = run.rows(
-        'SELECT MIN(t."event_timestamp"), MAX(t."event_timestamp") FROM ('
-        f'SELECT "event_timestamp" FROM {qualified(app_id, "event_v2")} UNION ALL '
-        f'SELECT "event_timestamp" FROM {qualified(app_id, "user_v2")}) AS t'
-    )
-    return {ts.date() for ts in (rows[0] if rows else ()) if ts is not None}
-
-
-def _span(days: set[date]) -> set[date]:
-    return {min(days), max(days)} if days else set()
-
-
 # ---------------------------------------------------------------------------------------------- refresh
 
 
@@ -387,7 +366,7 @@ def refresh_app(
     run = Runner(conn, ENGINE)
     app_id = target.app_id
     done: dict = {"created": False, "refreshed": [], "carried_forward": None, "metadata": []}
-    wanted = digest(target)
+    wanted = digest(target, ENGINE)
     touched = local_days(loaded_utc_days, target.timezone)
     pending = {d for d in (state.metadata_from, state.metadata_to) if d is not None} if state else set()
     scanned_at = state.metadata_scanned_at if state else None
@@ -397,11 +376,11 @@ def refresh_app(
         # new, or a definition changed: (re)create the tables and back-fill every day of data; the state row is
         # written only after the back-fill, so a failure before it means "recreate" again
         reporting.create_objects(conn, ENGINE, target, rebuild=True)
-        touched |= _span(local_days(data_days(run, app_id), target.timezone))
+        touched |= span(local_days(data_days(run, app_id), target.timezone))
         done["created"] = True
         scanned_at = created_at = None
     window = refresh_touched(conn, ENGINE, target, touched, refresh_days, today, done)
-    pending |= _span(touched)
+    pending |= span(touched)
     _write_state(run, app_id, wanted, created_at, scanned_at, pending)
     due = scanned_at is None or now is None or (now - scanned_at).total_seconds() >= metadata_interval_s
     if due and pending:

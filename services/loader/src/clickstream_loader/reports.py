@@ -29,6 +29,7 @@ from clickstream_core.appconfig import App, AppConfig
 from psycopg import sql
 
 from . import reporting
+from .reporting.db import Runner
 from .reporting.materialize import merge_ranges, recompute, today_in
 from .schema import qualified
 from .state import LOADER_SCHEMA
@@ -75,27 +76,20 @@ def outside(days: Iterable[date], window: DayRange) -> list[DayRange]:
     return [(part[0], part[-1]) for part in (before, after) if part]
 
 
-def digest(target: reporting.Target) -> str:
-    text = "\n;\n".join(reporting.object_sql("postgres", target))
+def digest(target: reporting.Target, engine: str = "postgres") -> str:
+    """What the app's objects are made of: a digest of their definitions as `engine` runs them."""
+    text = "\n;\n".join(reporting.object_sql(engine, target))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _data_days(conn, app_id: str) -> set[date]:
+def data_days(run: Runner, app_id: str) -> set[date]:
     """The UTC days of the app's oldest and newest event and user rows (the span a rebuild back-fills)."""
-    days: set[date] = set()
-    for table in ("event_v2", "user_v2"):
-        row = conn.execute(
-            sql.SQL("SELECT min(event_timestamp), max(event_timestamp) FROM {}").format(
-                sql.SQL(qualified(app_id, table))
-            )
-        ).fetchone()
-        days.update(ts.date() for ts in row if ts is not None)
-    if len(days) > 1:
-        days = {min(days), max(days)}
-    return days
+    union = " UNION ALL ".join(f'SELECT "event_timestamp" FROM {qualified(app_id, t)}' for t in ("event_v2", "user_v2"))  # noqa: S608
+    rows = run.rows(f'SELECT MIN(t."event_timestamp"), MAX(t."event_timestamp") FROM ({union}) AS t')  # noqa: S608
+    return {ts.date() for ts in (rows[0] if rows else ()) if ts is not None}
 
 
-def _span(days: set[date]) -> set[date]:
+def span(days: set[date]) -> set[date]:
     return {min(days), max(days)} if days else set()
 
 
@@ -139,11 +133,11 @@ def refresh_app(
             # new, or a definition changed: (re)create the tables and back-fill every day of data; the state row
             # is written only after the back-fill, so a crash before it means "recreate" again
             reporting.create_objects(conn, "postgres", target, rebuild=True)
-            touched |= _span(local_days(_data_days(conn, app_id), target.timezone))
+            touched |= span(local_days(data_days(Runner(conn, "postgres"), app_id), target.timezone))
             done["created"] = True
             scanned_at = None
         window = refresh_touched(conn, "postgres", target, touched, refresh_days, today, done)
-        pending |= _span(touched)
+        pending |= span(touched)
         conn.execute(
             sql.SQL(
                 "INSERT INTO {} AS r (app_id, definitions, created_at, metadata_from, metadata_to) "
