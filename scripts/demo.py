@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -170,35 +171,34 @@ def summary(layout: pipeline.Layout, warehouse: pipeline.LocalWarehouse) -> dict
     bad = 0
     for report in sorted((layout.ods / "_etl" / "runs").glob("job-*.json")):
         bad += sum(json.loads(report.read_text()).get("bad", {}).values())
-    con = warehouse.connect()
-    schemas = {row[0] for row in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
-    events = 0
-    print(f"\nwarehouse: {warehouse.describe()}")
-    for app in APP_IDS:
-        if app not in schemas:
-            print(f"  {app}: no data")
-            continue
+    with contextlib.closing(warehouse.connect()) as con:
+        schemas = {row[0] for row in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
+        events = 0
+        print(f"\nwarehouse: {warehouse.describe()}")
+        for app in APP_IDS:
+            if app not in schemas:
+                print(f"  {app}: no data")
+                continue
 
-        def q(sql: str, schema: str = app) -> list:
-            return con.execute(sql.replace("{s}", f'"{schema}"')).fetchall()
+            def q(sql: str, schema: str = app) -> list:
+                return con.execute(sql.replace("{s}", f'"{schema}"')).fetchall()
 
-        count = q('SELECT COUNT(*) FROM {s}."event_v2"')[0][0]
-        events += count
-        users, sessions = q('SELECT COUNT(DISTINCT user_pseudo_id), COUNT(*) FROM {s}."session"')[0]
-        channels = q(
-            "SELECT aggregation_dim, SUM(session_count), SUM(engaged_session_count) "
-            'FROM {s}."clickstream_acquisition_day_user_acquisition" '
-            "WHERE aggregation_type = 'Session channel group' GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
-        )
-        countries = q(
-            'SELECT geo_country, SUM(user_count) FROM {s}."clickstream_acquisition_country_new_user" '
-            "GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
-        )
-        views = q('SELECT SUM(view_count) FROM {s}."clickstream_engagement_day_event_view"')[0][0]
-        print(f"  {app}: {count} events, {users} users, {sessions} sessions, {views or 0} page/screen views")
-        print("    sessions (engaged) by channel: " + ", ".join(f"{c} {n} ({e})" for c, n, e in channels))
-        print("    new users by country: " + ", ".join(f"{c} {n}" for c, n in countries))
-    con.close()
+            count = q('SELECT COUNT(*) FROM {s}."event_v2"')[0][0]
+            events += count
+            users, sessions = q('SELECT COUNT(DISTINCT user_pseudo_id), COUNT(*) FROM {s}."session"')[0]
+            channels = q(
+                "SELECT aggregation_dim, SUM(session_count), SUM(engaged_session_count) "
+                'FROM {s}."clickstream_acquisition_day_user_acquisition" '
+                "WHERE aggregation_type = 'Session channel group' GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
+            )
+            countries = q(
+                'SELECT geo_country, SUM(user_count) FROM {s}."clickstream_acquisition_country_new_user" '
+                "GROUP BY 1 ORDER BY 2 DESC LIMIT 4"
+            )
+            views = q('SELECT SUM(view_count) FROM {s}."clickstream_engagement_day_event_view"')[0][0]
+            print(f"  {app}: {count} events, {users} users, {sessions} sessions, {views or 0} page/screen views")
+            print("    sessions (engaged) by channel: " + ", ".join(f"{c} {n} ({e})" for c, n, e in channels))
+            print("    new users by country: " + ", ".join(f"{c} {n}" for c, n in countries))
     print(f"  bad rows: {bad} (by reason in {layout.ods / 'bad_rows'})")
     return {"events": events, "bad": bad}
 

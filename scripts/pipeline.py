@@ -149,15 +149,10 @@ class LocalWarehouse:
         """Starts what needs starting; returns the loader's environment for the pipeline process."""
         if self.kind == "duckdb":
             return {"LOADER_ENGINE": "duckdb"}
-        import psycopg
-
         from scripts.postgres import PostgresCluster
 
         self.cluster = PostgresCluster(self.cluster_dir()).start()
-        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'clickstream'").fetchone():
-                conn.execute("CREATE DATABASE clickstream")
-        self.dsn = self.cluster.dsn("clickstream")
+        self.dsn = self.cluster.create_database("clickstream", exist_ok=True)
         return {"LOADER_ENGINE": "postgres", "LOADER_POSTGRES_DSN": self.dsn}
 
     def cluster_dir(self) -> Path:

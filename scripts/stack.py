@@ -297,6 +297,9 @@ def start_buffer(sink: str, data_dir: Path, stack: LocalStack) -> object | None:
     return None
 
 
+ODS = "clickstream/default/data/ods"  # under the lake: the ETL's tables and the loader's state
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     stack = LocalStack(
@@ -329,57 +332,53 @@ def up(args: argparse.Namespace) -> int:
             return 0
         raise
     scheduler = warehouse = None
-    if args.pipeline_interval > 0:
-        from scripts import pipeline
+    try:
+        if args.pipeline_interval > 0:
+            from scripts import pipeline
 
-        warehouse = pipeline.LocalWarehouse(args.warehouse, data_dir)
-        try:
+            warehouse = pipeline.LocalWarehouse(args.warehouse, data_dir)
             loader_env = warehouse.start()
-        except Exception:
-            stack.stop()
-            if buffer is not None:
-                buffer.stop()
-            raise
-        scheduler = pipeline.start_process(data_dir, args.pipeline_interval, data_dir / "logs", **loader_env)
-    via = {
-        "s3": "the worker's S3 sink",
-        "kafka": f"Kafka {stack.kafka_bootstrap} topic {stack.topic} and kinesis-s3-sink",
-        "kinesis": f"Kinesis stream {stack.stream} (emulator) and kinesis-s3-sink",
-    }[args.sink]
-    print(
-        f"clickstream local stack is up\n"
-        f"  collect:  POST {stack.url}/collect?appId=<your app>&platform=Web\n"
-        f"  proxy:    {stack.url}/ready  {stack.url}/metrics\n"
-        f"  worker:   {stack.worker_url}/ready  {stack.worker_url}/metrics\n"
-        f"  raw data: {stack.lake}/clickstream/default/data/buffer/\n"
-        f"            objects every {args.roll_seconds:g} s, via {via}\n"
-        f"  pipeline: ETL + loader every {args.pipeline_interval:g} s into {stack.lake}/clickstream/default/data/ods\n"
-        f"  warehouse: {warehouse.describe() if warehouse else 'none (no pipeline)'}\n"
-        f"  logs:     {data_dir / 'logs'}\n"
-        f"Ctrl-C drains and stops.",
-        flush=True,
-    )
-    while not stopping:
-        time.sleep(0.2)
-        children = (("worker", stack.worker), ("proxy", stack.proxy), ("kinesis-s3-sink", stack.lander))
-        for name, proc in (*children, ("pipeline", scheduler)):
-            if proc is not None and proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                stopping = True
-    stack.stop()
-    if scheduler is not None:
-        from scripts import pipeline
-
-        print("last pipeline cycle (ETL + load of everything that arrived)", flush=True)
-        pipeline.stop_process(scheduler)
-    if warehouse is not None:
-        warehouse.stop()
-    if buffer is not None:
-        buffer.stop()
+            scheduler = pipeline.start_process(data_dir, args.pipeline_interval, data_dir / "logs", **loader_env)
+        via = {
+            "s3": "the worker's S3 sink",
+            "kafka": f"Kafka {stack.kafka_bootstrap} topic {stack.topic} and kinesis-s3-sink",
+            "kinesis": f"Kinesis stream {stack.stream} (emulator) and kinesis-s3-sink",
+        }[args.sink]
+        print(
+            f"clickstream local stack is up\n"
+            f"  collect:  POST {stack.url}/collect?appId=<your app>&platform=Web\n"
+            f"  proxy:    {stack.url}/ready  {stack.url}/metrics\n"
+            f"  worker:   {stack.worker_url}/ready  {stack.worker_url}/metrics\n"
+            f"  raw data: {stack.lake}/clickstream/default/data/buffer/\n"
+            f"            objects every {args.roll_seconds:g} s, via {via}\n"
+            f"  pipeline: ETL + loader every {args.pipeline_interval:g} s into {stack.lake / ODS}\n"
+            f"  warehouse: {warehouse.describe() if warehouse else 'none (no pipeline)'}\n"
+            f"  logs:     {data_dir / 'logs'}\n"
+            f"Ctrl-C drains and stops.",
+            flush=True,
+        )
+        while not stopping:
+            time.sleep(0.2)
+            children = (("worker", stack.worker), ("proxy", stack.proxy), ("kinesis-s3-sink", stack.lander))
+            for name, proc in (*children, ("pipeline", scheduler)):
+                if proc is not None and proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    stopping = True
+    finally:
+        stack.stop()
+        if scheduler is not None:
+            print("last pipeline cycle (ETL + load of everything that arrived)", flush=True)
+            pipeline.stop_process(scheduler)
+        if warehouse is not None:
+            warehouse.stop()
+        if buffer is not None:
+            buffer.stop()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scripts import pipeline
+
     parser = argparse.ArgumentParser(prog="python -m scripts.stack")
     sub = parser.add_subparsers(dest="command", required=True)
     up_parser = sub.add_parser("up", help="run the local stack in the foreground")
@@ -398,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     up_parser.add_argument(
         "--warehouse",
-        choices=("duckdb", "postgres"),
+        choices=pipeline.LocalWarehouse.KINDS,
         default=os.environ.get("WAREHOUSE") or "duckdb",
         help="where the loader puts the tables: DuckDB views, or a PostgreSQL cluster under <data dir>/postgres",
     )
