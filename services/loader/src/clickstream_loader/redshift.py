@@ -488,7 +488,8 @@ class RedshiftLoader:
         if gone:
             self.store.mark_gone(gone)
         self.hook("marked", info)
-        days = frozenset(f.event_day for f in files if f.uri in set(loaded))
+        kept = set(loaded)
+        days = frozenset(f.event_day for f in files if f.uri in kept)
         result = ManifestResult(
             manifest_id, app_id, table, len(loaded), staged, merged, gone, time.monotonic() - started, uri, days
         )

@@ -80,7 +80,9 @@ def _retention_start(config: LoaderConfig) -> date | None:
 
 
 def run_once(config: LoaderConfig, hook=None, apps: AppConfig | None = None) -> RunReport:
-    """One pass of the loader. `hook(step, info)` is called at each step of a load (tests inject crashes)."""
+    """One pass of the loader. `hook(step, info)` is called at each step of a load (tests inject crashes); with
+    LOADER_CONNECTIONS > 1 it is called from the groups' threads at once, and a crash in one group does not stop
+    the groups already loading (each commits or rolls back on its own)."""
     started = time.monotonic()
     report = RunReport(engine=config.engine)
     apps = apps if apps is not None else AppConfig.load(config.app_config or None)
