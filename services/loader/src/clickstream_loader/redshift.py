@@ -564,9 +564,7 @@ async def _pass(config, apps, store: StateStore, report, hook) -> None:
                 report.errors.append(f"{app_id}/{table}: {type(exc).__name__}: {exc}")
                 continue
             for result in results:
-                report.manifests += 1
-                report.gone += len(result.gone)
-                report.add(table, result.files, result.merged_rows)
+                report.manifest(table, result.files, result.merged_rows, len(result.gone))
                 if result.merged_rows:
                     touched.setdefault(app_id, set()).update(result.days)
         if config.reporting and touched:

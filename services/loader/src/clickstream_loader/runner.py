@@ -62,7 +62,10 @@ class RunReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def add(self, table: str, files: int, rows: int) -> None:
+    def manifest(self, table: str, files: int, rows: int, gone: int) -> None:
+        """One loaded manifest: its files, the rows it merged and the files gone before it ran."""
+        self.manifests += 1
+        self.gone += gone
         self.files_loaded[table] = self.files_loaded.get(table, 0) + files
         self.rows_loaded[table] = self.rows_loaded.get(table, 0) + rows
         metrics.FILES_LOADED.labels(table).inc(files)
@@ -175,9 +178,7 @@ def _load_groups(config: LoaderConfig, loader, groups: list[tuple[str, str]], re
         elif results is None:
             report.busy_groups.append("/".join(group))
         for result in results or ():
-            report.manifests += 1
-            report.gone += len(result.gone)
-            report.add(group[1], result.files, result.merged_rows)
+            report.manifest(group[1], result.files, result.merged_rows, len(result.gone))
             if result.merged_rows:
                 touched.setdefault(group[0], set()).update(result.days)
 
@@ -186,14 +187,19 @@ def _load_groups(config: LoaderConfig, loader, groups: list[tuple[str, str]], re
         for group in groups:
             record(group, _load_group(loader, group, config.max_files))
         return touched
-    local, opened, guard = threading.local(), [], threading.Lock()
+    # one thread works on the pass's own loader (idle meanwhile), each other thread opens one of its own
+    local, spare, opened, guard = threading.local(), [loader], [], threading.Lock()
 
     def work(group: tuple[str, str]):
         own = getattr(local, "loader", None)
         if own is None:
-            own = local.loader = PostgresLoader(config.postgres_dsn, hook=hook, lock_timeout_s=config.lock_timeout_s)
             with guard:
-                opened.append(own)
+                own = spare.pop() if spare else None
+            if own is None:
+                own = PostgresLoader(config.postgres_dsn, hook=hook, lock_timeout_s=config.lock_timeout_s)
+                with guard:
+                    opened.append(own)
+            local.loader = own
         return _load_group(own, group, config.max_files)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader")
@@ -298,9 +304,7 @@ def _run_duckdb(config: LoaderConfig, files: list[DataFile], report: RunReport, 
                     loaded = [r.uri for r in claimed if r.uri not in gone]
                     store.mark_loaded(loaded, manifest_id)
                     hook("marked", info)
-                    report.manifests += 1
-                    report.gone += len(gone)
-                    report.add(table, len(loaded), rows)
+                    report.manifest(table, len(loaded), rows, len(gone))
             start = _retention_start(config)
             if start is not None:
                 if config.retention_delete_files:
