@@ -1,5 +1,7 @@
 """The job with its default chain of enrichers (user agent, IP geo with a test database, traffic
-source): enrichment lands in event_v2 and session, bots become bad rows, counts add up."""
+source): enrichment lands in event_v2 and session, bots become bad rows, counts add up. The same
+input also goes through the enrichers' Spark path (nothing fused into the SDK transformer's pass)
+and must give the same rows."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 
 from clickstream_etl.config import EtlConfig
 from clickstream_etl.job import run
+from clickstream_etl.plugins import Enricher
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
@@ -34,6 +37,24 @@ def _event(event_id: str, ts: int, name: str, session: str, **attributes) -> dic
         "device_id": "d", "timestamp": ts, "platform": "Web",
         "attributes": {"_session_id": session, "_session_start_timestamp": T0 - 60_000, **attributes},
     }  # fmt: skip
+
+
+class PassThrough(Enricher):
+    """First in a chain, it keeps the transformer from fusing the enrichers after it."""
+
+    reads_input_twice = False
+
+    def transform(self, df):
+        return df
+
+
+def _comparable(sink) -> dict[str, dict]:
+    rows = {}
+    for row in table(sink, "event_v2"):
+        row.pop("created_time")
+        info = row.pop("process_info")
+        rows[row["event_id"]] = {**row, "process_info": {k: v for k, v in info.items() if not k.startswith("process")}}
+    return rows
 
 
 def test_default_chain_enriches_events_and_sessions(spark, tmp_path):
@@ -65,6 +86,13 @@ def test_default_chain_enriches_events_and_sessions(spark, tmp_path):
     config = EtlConfig(source=str(tmp_path / "raw"), sink=str(tmp_path / "ods"), plugins=json.dumps(plugins))
     report = run(config, start="0", end=str(T0 + 1), spark=spark)
     assert report.good == 3 and report.bad == {"bot": 1} and report.events == 4
+    assert report.fused_enrichers == ["user_agent", "ip_geo"]
+
+    unfused = {**plugins, "enrichers": [f"{__name__}:PassThrough", *plugins["enrichers"]]}
+    config = EtlConfig(source=str(tmp_path / "raw"), sink=str(tmp_path / "joined"), plugins=json.dumps(unfused))
+    joined = run(config, start="0", end=str(T0 + 1), spark=spark)
+    assert joined.fused_enrichers == [] and (joined.good, joined.bad) == (report.good, report.bad)
+    assert _comparable(tmp_path / "joined") == _comparable(tmp_path / "ods")
 
     rows = {r["event_id"]: r for r in table(tmp_path / "ods", "event_v2")}
     a1, a2, b1 = rows["a1"], rows["a2"], rows["b1"]

@@ -177,6 +177,8 @@ def run(
             rules_dir=config.rules_dir or None,
         )
         transformer, enrichers = chain.build(context)
+        fused = transformer.fuse(enrichers) if hasattr(transformer, "fuse") else 0
+        report.fused_enrichers = [spec.name for spec in chain.enrichers[:fused]]
         paths = [e.path for e in inputs]
         requests = transformer.read(spark, paths) if hasattr(transformer, "read") else read_requests(spark, paths)
         events = _complete(transformer.transform(requests), job_id, now_ms)
@@ -187,20 +189,24 @@ def run(
             event_allow_list=tuple(config.event_allow_list) or None,
         )
         events = validate.apply(events, checks)
-        # The payload (about 1 KB an event) is kept only for rows already rejected: the caches are
+        # The payload (about 1 KB an event) is kept only for rows already rejected: the cache is
         # read by every later stage. A duplicate found later names the request of the copy kept.
-        # Cached before the enrichers (they look up distinct user agents and addresses of it) and
-        # after them (every table, the dedup and the counts read the enriched rows).
-        base = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
-        cached.append(base)
-        events = base
-        for enricher in enrichers:
+        # An enricher that reads its input twice (a distinct, then a join) gets cached input;
+        # the fused ones (run in the transformer's own pass) leave only cheap column work here.
+        unfused = enrichers[fused:]
+        base = None
+        if any(getattr(e, "reads_input_twice", True) for e in unfused):
+            base = events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
+            cached.append(base)
+        for enricher in enrichers[:fused]:
+            events = enricher.after_fused(events)
+        for enricher in unfused:
             events = enricher.transform(events)
         events = events.withColumn(C.PAYLOAD, F.when(F.col(C.BAD_REASON).isNotNull(), F.col(C.PAYLOAD)))
         events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         cached.append(events)
         events.count()  # fills the cache (and the one before the enrichers)
-        if enrichers:
+        if base is not None:
             base.unpersist()
 
         progress.stage("dedup")

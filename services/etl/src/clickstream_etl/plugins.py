@@ -10,17 +10,25 @@ the pipeline's plug-in file) and the run's context. It is named by an entry poin
   Rows it cannot use are not dropped: it sets `_bad_reason`/`_bad_detail` and the job routes them.
 - An enricher gets those event rows and returns them with more columns filled. It must keep every
   row; to reject one (a bot, say) it sets `_bad_reason`.
+- An enricher whose values depend on one request-level column only (the User-Agent, the client
+  address) may also describe that work as a `RequestEnrichment`. A transformer that reads requests
+  in Python (the Clickstream SDK one) then runs it inside its own pass, once per request instead
+  of once per event and with no Spark stage of its own, and the job calls the enricher's
+  `after_fused` instead of `transform`. Only a leading run of such enrichers is fused, so the
+  chain's order still holds.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 from pyspark.sql import DataFrame, SparkSession
 
@@ -70,6 +78,10 @@ class Plugin:
 class Transformer(Plugin):
     kind = "transformer"
 
+    def fuse(self, enrichers: Sequence[Enricher]) -> int:
+        """Take over the request enrichments of the leading enrichers; how many it took (default none)."""
+        return 0
+
     def read(self, spark: SparkSession, paths: list[str]) -> DataFrame:
         """The transformer's input from the raw objects: by default one row per request
         (decode.read_requests). A transformer may read differently, e.g. split bodies on the way."""
@@ -78,8 +90,29 @@ class Transformer(Plugin):
         return read_requests(spark, paths)
 
 
+@dataclass(frozen=True)
+class RequestEnrichment:
+    """Columns computed from one request-level column over Arrow arrays (see the module doc)."""
+
+    source: str  # the request column read: columns.UA or columns.IP
+    fields: tuple[tuple[str, pa.DataType], ...]  # the event_v2 columns produced, in order
+    # One array per field, as long as the input; runs on the executors, so it must pickle.
+    compute: Callable[[pa.Array], Sequence[pa.Array]]
+
+
 class Enricher(Plugin):
     kind = "enricher"
+    # Whether transform() reads its input more than once (a distinct then a join, say): the job
+    # then caches the rows before the enrichers instead of computing them twice.
+    reads_input_twice = True
+
+    def request_enrichment(self) -> RequestEnrichment | None:
+        """This enricher's work for a transformer's own pass over the requests; None if it has none."""
+        return None
+
+    def after_fused(self, df: DataFrame) -> DataFrame:
+        """What is left in Spark once a transformer has run request_enrichment() (e.g. flag bots)."""
+        return df
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ class RunReport:
     bad: dict[str, int] = field(default_factory=dict)  # reason -> count
     tables: dict[str, int] = field(default_factory=dict)  # table -> rows written
     files: dict[str, int] = field(default_factory=dict)  # table -> files written
+    fused_enrichers: list[str] = field(default_factory=list)  # enrichers run inside the transformer's pass
     stages_s: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
     error: str | None = None

@@ -68,6 +68,8 @@ def truncate_batch(values: pa.Array) -> pa.Array:
 class IpAnonymiseEnricher(Enricher):
     """Truncates (to /24 and /48) or drops the client address; run it after ip_geo."""
 
+    reads_input_twice = False
+
     parameters = {"mode": "truncate"}
 
     def __init__(self, params=None, context=None):

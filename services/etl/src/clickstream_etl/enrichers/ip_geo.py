@@ -16,9 +16,9 @@ geo_locale is the SDK's and is not touched.
 
 The files reach the executors through SparkContext.addFile; each Python worker opens them once
 (memory-mapped, so workers of one machine share the pages) and keeps an LRU cache of addresses.
-Only the distinct first addresses go through Python, on the executors, and their geo is joined back
-to the events: the job does not cache each enricher's result, so every stage downstream re-runs
-this plan, and a UDF on every event would cost a Python round trip per event per stage.
+Behind the Clickstream SDK transformer the lookups run inside its split pass, once per request
+(`request_enrichment`); behind any other transformer only the distinct first addresses of the run
+go through Python and their geo is joined back to the events.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .. import columns as C
-from ..plugins import Enricher, PluginError
+from ..plugins import Enricher, PluginError, RequestEnrichment
 from ..spark import to_hadoop_uri
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,18 @@ def lookup(names: tuple[str, ...], ip: str | None) -> dict[str, str | None] | No
 
 def lookup_batch(names: tuple[str, ...], ips: pa.Array) -> pa.Array:
     encoded = pc.dictionary_encode(ips)
-    distinct = pa.array([lookup(names, ip) for ip in encoded.dictionary.to_pylist()], type=_ARROW_TYPE)
+    distinct = pa.array([lookup(names, first_address(ip)) for ip in encoded.dictionary.to_pylist()], type=_ARROW_TYPE)
     return distinct.take(encoded.indices)
+
+
+def first_address(ip: str | None) -> str | None:
+    """The first address of the reference's comma list."""
+    return ip.split(",", 1)[0] if ip is not None and "," in ip else ip
+
+
+def lookup_columns(names: tuple[str, ...], ips: pa.Array) -> list[pa.Array]:
+    """lookup_batch as one array per output column, in _FIELDS' order (the fused form)."""
+    return lookup_batch(names, ips).flatten()
 
 
 class IpGeoEnricher(Enricher):
@@ -164,6 +174,13 @@ class IpGeoEnricher(Enricher):
             missing = [p for p in self.paths if "://" not in p and not Path(p).is_file()]
             if missing:
                 raise PluginError(f"ip_geo: no such database file {', '.join(missing)}")
+
+    def request_enrichment(self) -> RequestEnrichment | None:
+        if not self.paths or self.context is None:
+            return None  # transform() says why there is no geo
+        names = self._ship(self.context.spark.sparkContext)
+        fields = tuple((column, pa.string()) for column in _FIELDS.values())
+        return RequestEnrichment(C.IP, fields, functools.partial(lookup_columns, names))
 
     def transform(self, df: DataFrame) -> DataFrame:
         if not self.paths:

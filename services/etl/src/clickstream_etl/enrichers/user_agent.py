@@ -15,11 +15,11 @@ A row without a User-Agent keeps whatever the transformer put in these columns. 
 dropped (the job routes every rejected row to the bad rows): with `filter_bots` on it gets the
 reason `bot`, unless an earlier stage rejected it already.
 
-Only the distinct headers go through Python: they are parsed in Arrow batches on the executors
-(a per-worker LRU cache keeps results across batches) and the table of parses, a few thousand rows
-a day for a site, is broadcast and joined back to the events by header. The job runs the enrichers
-on a cached frame but does not cache each enricher's result, so every stage downstream re-runs this
-plan: a UDF on every event would cost a Python round trip per event per stage.
+Headers are parsed in Arrow batches, each distinct header of a batch once (a per-worker LRU cache
+keeps results across batches). Behind the Clickstream SDK transformer this runs inside its split
+pass, once per request (`request_enrichment`); behind any other transformer only the distinct
+headers of the run go through Python and the table of parses, a few thousand rows a day for a
+site, is broadcast and joined back to the events by header.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 from .. import columns as C
 from ..badrows import Reason
-from ..plugins import Enricher, PluginError
+from ..plugins import Enricher, PluginError, RequestEnrichment
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ def parse_batch(user_agents: pa.Array) -> pa.Array:
     return distinct.take(encoded.indices)
 
 
+def parse_columns(user_agents: pa.Array) -> list[pa.Array]:
+    """parse_batch as one array per output column (the fused form)."""
+    return parse_batch(user_agents).flatten()
+
+
 def _parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow over the distinct headers: each batch comes back with its parses beside it."""
     for batch in batches:
@@ -167,6 +172,14 @@ class UserAgentEnricher(Enricher):
         super().__init__(params, context)
         if not isinstance(self.params["filter_bots"], bool):
             raise PluginError(f"user_agent: filter_bots must be true or false, got {self.params['filter_bots']!r}")
+
+    def request_enrichment(self) -> RequestEnrichment:
+        return RequestEnrichment(C.UA, tuple((f.name, f.type) for f in _ARROW_TYPE), parse_columns)
+
+    def after_fused(self, df: DataFrame) -> DataFrame:
+        if not self.params["filter_bots"]:
+            return df
+        return df.withColumns(self._bot_flags({name: F.col(name) for name in OUTPUT_COLUMNS}))
 
     def transform(self, df: DataFrame) -> DataFrame:
         headers = df.select(C.UA).where(F.col(C.UA).isNotNull()).distinct()

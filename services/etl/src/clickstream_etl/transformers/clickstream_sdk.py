@@ -11,6 +11,7 @@ SDKs are not consistent about "12" vs 12), cast afterwards. Field mapping: refer
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,7 +20,7 @@ from pyspark.sql import types as T
 from .. import columns as C
 from ..badrows import Reason
 from ..decode import raw_lines, read_requests
-from ..plugins import Transformer
+from ..plugins import Enricher, RequestEnrichment, Transformer
 from ..sparkutil import as_bool, as_long, url_decoded
 from . import sdk_split
 
@@ -91,26 +92,45 @@ class ClickstreamSdkTransformer(Transformer):
 
     parameters = {}
 
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self.enrichments: tuple[RequestEnrichment, ...] = ()
+
+    def fuse(self, enrichers: Sequence[Enricher]) -> int:
+        """The request enrichments of the leading enrichers run in the split pass (user agent, geo)."""
+        taken = []
+        for enricher in enrichers:
+            enrichment = enricher.request_enrichment()
+            if enrichment is None:
+                break
+            taken.append(enrichment)
+        self.enrichments = tuple(taken)
+        return len(taken)
+
     def read(self, spark: SparkSession, paths: list[str]) -> DataFrame:
         """Raw objects straight to event rows: one Python pass decodes each request and splits
         its body (decode.read_requests + transform would cross into Python twice)."""
         if not paths:
             return read_requests(spark, paths)
-        split = functools.partial(sdk_split.split_lines, **self._reserved())
-        return raw_lines(spark, paths).mapInArrow(split, sdk_split.OUT_DDL)
+        split = functools.partial(sdk_split.split_lines, **self._split_args())
+        return raw_lines(spark, paths).mapInArrow(split, sdk_split.out_schema(self.enrichments))
 
-    @staticmethod
-    def _reserved() -> dict:
-        return {"reserved_attributes": RESERVED_ATTRIBUTES, "reserved_user": frozenset(RESERVED_USER)}
+    def _split_args(self) -> dict:
+        return {
+            "reserved_attributes": RESERVED_ATTRIBUTES,
+            "reserved_user": frozenset(RESERVED_USER),
+            "enrichments": self.enrichments,
+        }
 
     def transform(self, requests: DataFrame) -> DataFrame:
         if "split_error" in requests.columns:
             events = requests  # already split by read()
         else:
-            split = functools.partial(sdk_split.split_requests, **self._reserved())
-            events = requests.mapInArrow(split, sdk_split.OUT_DDL)
+            split = functools.partial(sdk_split.split_requests, **self._split_args())
+            events = requests.mapInArrow(split, sdk_split.out_schema(self.enrichments))
         parsed = events.withColumn("e", F.when(F.col("split_error").isNull(), F.from_json(C.PAYLOAD, EVENT_SCHEMA)))
-        return parsed.select(*self._columns(self.context.project_id))
+        fused = [F.col(name) for enrichment in self.enrichments for name, _type in enrichment.fields]
+        return parsed.select(*self._columns(self.context.project_id), *fused)
 
     @staticmethod
     def _bad_reason() -> tuple[Column, Column]:

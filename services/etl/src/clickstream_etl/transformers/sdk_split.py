@@ -8,12 +8,15 @@ route for custom parameters alone cost 4.3 s on two cores, this whole pass a fra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import orjson
 import pyarrow as pa
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_type
 
 from .. import columns as C
+from ..plugins import RequestEnrichment
 
 PARAM = pa.struct([("value", pa.string()), ("type", pa.string())])
 USER_PROP = pa.struct([("value", pa.string()), ("type", pa.string()), ("set_time_msec", pa.int64())])
@@ -190,7 +193,9 @@ class _Events:
             )
             cols[C.ITEMS].append(items(event.get("items")))
 
-    def batch(self, request_columns: dict[str, pa.Array]) -> pa.RecordBatch:
+    def batch(
+        self, request_columns: dict[str, pa.Array], enrichments: Sequence[RequestEnrichment] = ()
+    ) -> pa.RecordBatch:
         take = pa.array(self.request, type=pa.int32())
         arrays = []
         for name, type_ in OUT_FIELDS:
@@ -200,13 +205,34 @@ class _Events:
                 arrays.append(pa.array(self.cols[name], type=pa.binary()).cast(pa.string()))
             else:
                 arrays.append(pa.array(self.cols[name], type=type_))
-        return pa.RecordBatch.from_arrays(arrays, schema=OUT_SCHEMA)
+        fields = list(OUT_FIELDS)
+        for enrichment in enrichments:
+            # Per request, then copied to its events: a request's events share its header and address.
+            computed = enrichment.compute(request_columns[enrichment.source])
+            for (name, type_), values in zip(enrichment.fields, computed, strict=True):
+                arrays.append(values.take(take).cast(type_))
+                fields.append((name, type_))
+        return pa.RecordBatch.from_arrays(arrays, schema=OUT_SCHEMA if not enrichments else pa.schema(fields))
 
 
 EVENT_LEVEL = ("custom_parameters_json_str", "custom_parameters", C.USER_PROPERTIES, C.ITEMS)
 
 
-def split_lines(batches: Iterator[pa.RecordBatch], reserved_attributes: frozenset[str], reserved_user: frozenset[str]):
+def out_schema(enrichments: Sequence[RequestEnrichment] = ()) -> T.StructType:
+    """The Spark schema of the split rows, with the columns of the fused enrichments at the end."""
+    schema = T._parse_datatype_string(OUT_DDL)
+    for enrichment in enrichments:
+        for name, type_ in enrichment.fields:
+            schema = schema.add(name, from_arrow_type(type_))
+    return schema
+
+
+def split_lines(
+    batches: Iterator[pa.RecordBatch],
+    reserved_attributes: frozenset[str],
+    reserved_user: frozenset[str],
+    enrichments: Sequence[RequestEnrichment] = (),
+):
     """Raw lines (`value`, `input_file`) -> event rows, decoding each request on the way."""
     from ..decode import ENVELOPE, parse_request
 
@@ -218,13 +244,20 @@ def split_lines(batches: Iterator[pa.RecordBatch], reserved_attributes: frozense
             for name in ENVELOPE:
                 envelopes[name].append(envelope[name])
             events.add_request(index, body, kind, error)
-        request_columns = {name: pa.array(values) for name, values in envelopes.items() if name in PASSED}
+        request_columns = {
+            name: pa.array(values).cast(OUT_SCHEMA.field(name).type)
+            for name, values in envelopes.items()
+            if name in PASSED
+        }
         request_columns["input_file"] = batch.column("input_file")
-        yield events.batch(request_columns)
+        yield events.batch(request_columns, enrichments)
 
 
 def split_requests(
-    batches: Iterator[pa.RecordBatch], reserved_attributes: frozenset[str], reserved_user: frozenset[str]
+    batches: Iterator[pa.RecordBatch],
+    reserved_attributes: frozenset[str],
+    reserved_user: frozenset[str],
+    enrichments: Sequence[RequestEnrichment] = (),
 ):
     """Decoded requests (decode.REQUEST_DDL) -> event rows."""
     for batch in batches:
@@ -234,4 +267,4 @@ def split_requests(
         errors = batch.column("error").to_pylist()
         for index in range(batch.num_rows):
             events.add_request(index, bodies[index], kinds[index], errors[index])
-        yield events.batch({name: batch.column(name) for name in PASSED})
+        yield events.batch({name: batch.column(name) for name in PASSED}, enrichments)
