@@ -2,10 +2,9 @@
 
 Bodies are JSON arrays of events (web, or Android/Swift after Base64+gzip). A pass over Arrow
 batches (sdk_split) splits each body into events, keeps each event's JSON as the bad-row payload
-and builds what needs each value's JSON type (custom parameters, user properties, items). Spark
-then parses every event with an explicit schema: scalars and reserved attributes as text (the
-SDKs are not consistent about "12" vs 12), cast afterwards. Field mapping: reference-system.md
-§1.9 and §4.6.
+and reads every field the columns below need as text (the SDKs are not consistent about "12" vs
+12), plus what needs each value's JSON type (custom parameters, user properties, items); Spark
+casts and derives the columns. Field mapping: reference-system.md §1.9 and §4.6.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from .. import columns as C
 from ..badrows import Reason
@@ -47,28 +45,17 @@ RESERVED_ATTRIBUTES = frozenset(
 )
 RESERVED_USER = ("_user_id", "_user_first_touch_timestamp")
 
-# The main parse binds reserved attributes by name (a struct field is found by hashing while the
-# JSON is read; map lookups or VARIANT paths per attribute cost several times more). Values are
-# read as text whatever their JSON type, then cast.
-EVENT_SCHEMA = T.StructType(
-    [T.StructField(name, T.StringType()) for name in _SCALARS]
-    + [
-        T.StructField(
-            "attributes", T.StructType([T.StructField(k, T.StringType()) for k in sorted(RESERVED_ATTRIBUTES)])
-        ),
-        T.StructField(
-            "user",
-            T.StructType(
-                [T.StructField(k, T.StructType([T.StructField("value", T.StringType())])) for k in RESERVED_USER]
-            ),
-        ),
-    ]
-)
+# Read as text columns by the split pass (whatever their JSON type), cast here.
+FIELDS = sdk_split.Fields(tuple(_SCALARS), tuple(sorted(RESERVED_ATTRIBUTES)), RESERVED_USER)
 MOBILE_PLATFORMS = {"ANDROID": "Android", "IOS": "iOS", "WECHATMP": "WeChatMP"}
 
 
+def _e(name: str) -> Column:
+    return F.col(sdk_split.scalar_column(name))
+
+
 def _attr(name: str) -> Column:
-    return F.col(f"e.attributes.{name}")
+    return F.col(sdk_split.attribute_column(name))
 
 
 def _first_attr(*names: str) -> Column:
@@ -76,11 +63,11 @@ def _first_attr(*names: str) -> Column:
 
 
 def _user_value(name: str) -> Column:
-    return F.col(f"e.user.{name}.value")
+    return F.col(sdk_split.user_column(name))
 
 
 def _when_event(name: str, value: Column) -> Column:
-    return F.when(F.col("e.event_type") == name, value)
+    return F.when(_e("event_type") == name, value)
 
 
 def _query_param(key: str) -> Column:
@@ -113,12 +100,13 @@ class ClickstreamSdkTransformer(Transformer):
         if not paths:
             return read_requests(spark, paths)
         split = functools.partial(sdk_split.split_lines, **self._split_args())
-        return raw_lines(spark, paths).mapInArrow(split, sdk_split.out_schema(self.enrichments))
+        return raw_lines(spark, paths).mapInArrow(split, sdk_split.out_schema(FIELDS, self.enrichments))
 
     def _split_args(self) -> dict:
         return {
             "reserved_attributes": RESERVED_ATTRIBUTES,
             "reserved_user": frozenset(RESERVED_USER),
+            "fields": FIELDS,
             "enrichments": self.enrichments,
         }
 
@@ -127,21 +115,20 @@ class ClickstreamSdkTransformer(Transformer):
             events = requests  # already split by read()
         else:
             split = functools.partial(sdk_split.split_requests, **self._split_args())
-            events = requests.mapInArrow(split, sdk_split.out_schema(self.enrichments))
-        parsed = events.withColumn("e", F.when(F.col("split_error").isNull(), F.from_json(C.PAYLOAD, EVENT_SCHEMA)))
+            events = requests.mapInArrow(split, sdk_split.out_schema(FIELDS, self.enrichments))
         fused = [F.col(name) for enrichment in self.enrichments for name, _type in enrichment.fields]
-        return parsed.select(*self._columns(self.context.project_id), *fused)
+        return events.select(*self._columns(self.context.project_id), *fused)
 
     @staticmethod
     def _bad_reason() -> tuple[Column, Column]:
         missing = F.concat_ws(
             ", ",
             *(
-                F.when(F.col(f"e.{f}").isNull() | (F.trim(F.col(f"e.{f}")) == ""), F.lit(f))
+                F.when(_e(f).isNull() | (F.trim(_e(f)) == ""), F.lit(f))
                 for f in ("event_id", "app_id", "timestamp", "event_type", "unique_id")
             ),
         )
-        bad_time = as_long(F.col("e.timestamp")).isNull() & F.col("e.timestamp").isNotNull()
+        bad_time = as_long(_e("timestamp")).isNull() & _e("timestamp").isNotNull()
         split_error = F.col("split_error")
         reason = (
             F.when(split_error.isNotNull(), F.lit(Reason.CORRUPT.value))
@@ -156,7 +143,7 @@ class ClickstreamSdkTransformer(Transformer):
         return reason, detail
 
     def _columns(self, project_id: str) -> list[Column]:
-        e = lambda name: F.col(f"e.{name}")  # noqa: E731
+        e = _e
         name = e("event_type")
         event_time = as_long(e("timestamp"))
         page_url = url_decoded(_attr("_page_url"))
