@@ -2,9 +2,10 @@
 
 Bodies are JSON arrays of events (web, or Android/Swift after Base64+gzip). A pass over Arrow
 batches (sdk_split) splits each body into events, keeps each event's JSON as the bad-row payload
-and reads every field the columns below need as text (the SDKs are not consistent about "12" vs
-12), plus what needs each value's JSON type (custom parameters, user properties, items); Spark
-casts and derives the columns. Field mapping: reference-system.md §1.9 and §4.6.
+and builds what needs each value's JSON type (custom parameters, user properties, items). Spark
+then parses every event with an explicit schema: scalars and reserved attributes as text (the
+SDKs are not consistent about "12" vs 12), cast afterwards. Field mapping: reference-system.md
+§1.9 and §4.6.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from .. import columns as C
 from ..badrows import Reason
@@ -45,17 +47,28 @@ RESERVED_ATTRIBUTES = frozenset(
 )
 RESERVED_USER = ("_user_id", "_user_first_touch_timestamp")
 
-# Read as text columns by the split pass (whatever their JSON type), cast here.
-FIELDS = sdk_split.Fields(tuple(_SCALARS), tuple(sorted(RESERVED_ATTRIBUTES)), RESERVED_USER)
+# The main parse binds reserved attributes by name (a struct field is found by hashing while the
+# JSON is read; map lookups or VARIANT paths per attribute cost several times more). Values are
+# read as text whatever their JSON type, then cast.
+EVENT_SCHEMA = T.StructType(
+    [T.StructField(name, T.StringType()) for name in _SCALARS]
+    + [
+        T.StructField(
+            "attributes", T.StructType([T.StructField(k, T.StringType()) for k in sorted(RESERVED_ATTRIBUTES)])
+        ),
+        T.StructField(
+            "user",
+            T.StructType(
+                [T.StructField(k, T.StructType([T.StructField("value", T.StringType())])) for k in RESERVED_USER]
+            ),
+        ),
+    ]
+)
 MOBILE_PLATFORMS = {"ANDROID": "Android", "IOS": "iOS", "WECHATMP": "WeChatMP"}
 
 
-def _e(name: str) -> Column:
-    return F.col(sdk_split.scalar_column(name))
-
-
 def _attr(name: str) -> Column:
-    return F.col(sdk_split.attribute_column(name))
+    return F.col(f"e.attributes.{name}")
 
 
 def _first_attr(*names: str) -> Column:
@@ -63,11 +76,11 @@ def _first_attr(*names: str) -> Column:
 
 
 def _user_value(name: str) -> Column:
-    return F.col(sdk_split.user_column(name))
+    return F.col(f"e.user.{name}.value")
 
 
 def _when_event(name: str, value: Column) -> Column:
-    return F.when(_e("event_type") == name, value)
+    return F.when(F.col("e.event_type") == name, value)
 
 
 def _query_param(key: str) -> Column:
@@ -100,13 +113,12 @@ class ClickstreamSdkTransformer(Transformer):
         if not paths:
             return read_requests(spark, paths)
         split = functools.partial(sdk_split.split_lines, **self._split_args())
-        return raw_lines(spark, paths).mapInArrow(split, sdk_split.out_schema(FIELDS, self.enrichments))
+        return raw_lines(spark, paths).mapInArrow(split, sdk_split.out_schema(self.enrichments))
 
     def _split_args(self) -> dict:
         return {
             "reserved_attributes": RESERVED_ATTRIBUTES,
             "reserved_user": frozenset(RESERVED_USER),
-            "fields": FIELDS,
             "enrichments": self.enrichments,
         }
 
@@ -115,20 +127,21 @@ class ClickstreamSdkTransformer(Transformer):
             events = requests  # already split by read()
         else:
             split = functools.partial(sdk_split.split_requests, **self._split_args())
-            events = requests.mapInArrow(split, sdk_split.out_schema(FIELDS, self.enrichments))
+            events = requests.mapInArrow(split, sdk_split.out_schema(self.enrichments))
+        parsed = events.withColumn("e", F.when(F.col("split_error").isNull(), F.from_json(C.PAYLOAD, EVENT_SCHEMA)))
         fused = [F.col(name) for enrichment in self.enrichments for name, _type in enrichment.fields]
-        return events.select(*self._columns(self.context.project_id), *fused)
+        return parsed.select(*self._columns(self.context.project_id), *fused)
 
     @staticmethod
     def _bad_reason() -> tuple[Column, Column]:
         missing = F.concat_ws(
             ", ",
             *(
-                F.when(_e(f).isNull() | (F.trim(_e(f)) == ""), F.lit(f))
+                F.when(F.col(f"e.{f}").isNull() | (F.trim(F.col(f"e.{f}")) == ""), F.lit(f))
                 for f in ("event_id", "app_id", "timestamp", "event_type", "unique_id")
             ),
         )
-        bad_time = as_long(_e("timestamp")).isNull() & _e("timestamp").isNotNull()
+        bad_time = as_long(F.col("e.timestamp")).isNull() & F.col("e.timestamp").isNotNull()
         split_error = F.col("split_error")
         reason = (
             F.when(split_error.isNotNull(), F.lit(Reason.CORRUPT.value))
@@ -143,7 +156,7 @@ class ClickstreamSdkTransformer(Transformer):
         return reason, detail
 
     def _columns(self, project_id: str) -> list[Column]:
-        e = _e
+        e = lambda name: F.col(f"e.{name}")  # noqa: E731
         name = e("event_type")
         event_time = as_long(e("timestamp"))
         page_url = url_decoded(_attr("_page_url"))
