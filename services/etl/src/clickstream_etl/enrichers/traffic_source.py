@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -105,6 +106,10 @@ VALUE_OPS: dict[str, Callable[[str, Any], bool]] = {
 LIST_OPS = ("in", "not_in")
 REFERRAL_CATEGORIES = ("Social", "Video", "Shopping", "Referral")
 CACHE_LIMIT = 200_000  # distinct input combinations kept per task
+# Arrow groups rows by their inputs joined with _SEP (nulls as _NULL); a batch holding either
+# character in a value is classified row by row instead.
+_SEP, _NULL = "\x1f", "\x1e"
+_MARKERS = "[\x1e\x1f]"
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -421,32 +426,51 @@ class Classifier:
 
     # -- Arrow ---------------------------------------------------------------------------------
     def arrays(self, *columns: pa.Array) -> pa.Array:
-        """The UDF: OUTPUTS then INPUTS as arrays -> struct of the final OUTPUTS."""
-        sent = [c.to_pylist() for c in columns[: len(OUTPUTS)]]
-        app, page_url, hostname, page_ref, latest_ref, latest_host = (c.to_pylist() for c in columns[len(OUTPUTS) :])
-        cache, classify = self.cache, self.classify
-        if len(cache) > CACHE_LIMIT:
-            cache.clear()
-        results = []
-        for i in range(len(app)):
-            url = page_url[i]
-            # The page url counts only through its host and a utm query: both are cut out first
-            # so that page views of different pages share one entry.
-            host = _blank_null(hostname[i])
+        """The UDF: OUTPUTS then INPUTS as arrays -> struct of the final OUTPUTS.
+
+        Rows are grouped by their inputs with Arrow kernels (joined into one text, dictionary
+        encoded); Python sees each distinct combination of a batch once, and the cache keeps the
+        results across batches."""
+        sent = columns[: len(OUTPUTS)]
+        app, page_url, hostname, page_ref, latest_ref, latest_host = columns[len(OUTPUTS) :]
+        # The page url counts only through its host (when no hostname was sent) and a utm query;
+        # other urls stay out of the key so that views of different pages share one entry.
+        no_host = pc.fill_null(pc.equal(hostname, ""), True)
+        utm = pc.fill_null(pc.or_(pc.match_substring(page_url, "utm_"), pc.match_substring(page_url, "clid")), False)
+        url = pc.if_else(pc.or_(no_host, utm), page_url, pa.nulls(len(page_url), pa.string()))
+        keys = [app, url, hostname, page_ref, latest_ref, latest_host, *sent]
+        if len(self.cache) > CACHE_LIMIT:
+            self.cache.clear()
+        indices = None
+        if not any(pc.any(pc.match_substring_regex(k, _MARKERS)).as_py() for k in keys):
+            joined = pc.binary_join_element_wise(*keys, _SEP, null_handling="replace", null_replacement=_NULL)
+            encoded = pc.dictionary_encode(joined)
+            indices = encoded.indices
+            combos = [
+                tuple(None if v == _NULL else v for v in text.split(_SEP)) for text in encoded.dictionary.to_pylist()
+            ]
+        else:  # a value holds a marker character: one combination per row
+            combos = list(zip(*(k.to_pylist() for k in keys), strict=True))
+        results = [self._cached(combo) for combo in combos]
+        out = [pa.array(values, type=pa.string()) for values in zip(*results, strict=True)]
+        if not results:
+            out = [pa.array([], type=pa.string()) for _ in OUTPUTS]
+        if indices is not None:
+            out = [values.take(indices) for values in out]
+        return pa.StructArray.from_arrays(out, names=list(OUTPUTS))
+
+    def _cached(self, combo: tuple) -> tuple:
+        found = self.cache.get(combo)
+        if found is None:
+            app, url, hostname, page_ref, latest_ref, latest_host, *sent = combo
+            host = _blank_null(hostname)
             if host is None:
                 host = url_host(url)
-            key = (
-                app[i], host.lower() if host is not None else None, utm_query(url),
-                page_ref[i], latest_ref[i], latest_host[i], *(s[i] for s in sent),
-            )  # fmt: skip
-            found = cache.get(key)
-            if found is None:
-                found = cache[key] = classify(*key)
-            results.append(found)
-        out = [pa.array(values, type=pa.string()) for values in zip(*results, strict=True)] if results else None
-        if out is None:
-            out = [pa.array([], type=pa.string()) for _ in OUTPUTS]
-        return pa.StructArray.from_arrays(out, names=list(OUTPUTS))
+            page_host = host.lower() if host is not None else None
+            found = self.cache[combo] = self.classify(
+                app, page_host, utm_query(url), page_ref, latest_ref, latest_host, *sent
+            )
+        return found
 
     # -- one combination -------------------------------------------------------------------------
     def classify(self, app, page_host, q_page, page_ref, latest_ref, latest_host, *sent_values) -> tuple:
