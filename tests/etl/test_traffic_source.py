@@ -14,23 +14,12 @@ from importlib import resources
 
 import pytest
 from clickstream_core.tables import EVENT_V2
-from clickstream_etl.enrichers.traffic_source import TrafficSourceEnricher, url_host, url_path, url_query
+from clickstream_etl.enrichers.traffic_source import OUTPUTS, TrafficSourceEnricher, url_host, url_path, url_query
 from clickstream_etl.plugins import PluginError, RunContext
 
 PAGE = "https://shop.example.com/landing"
 PAGE_HOST = "shop.example.com"
-TS = [
-    "traffic_source_source",
-    "traffic_source_medium",
-    "traffic_source_campaign",
-    "traffic_source_content",
-    "traffic_source_term",
-    "traffic_source_campaign_id",
-    "traffic_source_clid_platform",
-    "traffic_source_clid",
-    "traffic_source_category",
-    "traffic_source_channel_group",
-]
+TS = list(OUTPUTS)  # the columns the enricher fills, in the order of _expect
 SCHEMA = EVENT_V2.ddl() + ", ua string, ip string, _bad_reason string"
 
 

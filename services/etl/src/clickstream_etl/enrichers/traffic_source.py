@@ -394,15 +394,6 @@ def url_lookups(rules: list[CategoryRule]) -> UrlLookups:
     return out
 
 
-@dataclass(frozen=True)
-class RuleSet:
-    """One app's rules (or the bundled ones), ready to run."""
-
-    urls: UrlLookups
-    source_categories: dict[str, str]  # source name -> category (the last rule of a name wins)
-    channels: tuple[tuple[str, Condition], ...]
-
-
 class Classifier:
     """The traffic source of events; built on the driver, pickled to the Python workers."""
 
