@@ -47,8 +47,12 @@ BROADCAST_MAX_IDS = 2_000_000
 def mark(events: DataFrame, flagged: DataFrame, flagged_count: int | None = None) -> DataFrame:
     """`events` with `_bad_reason='duplicate'` on every copy that is not the one kept.
 
-    `flagged_count` (rows of `flagged`, when the caller counted them) lets a small set be broadcast.
+    `flagged_count` (rows of `flagged`, when the caller counted them) lets a small set be broadcast,
+    and none at all leaves the events as they are: every later read of the cache (each table
+    written, the bad rows, the counts) then skips a join of every wide row.
     """
+    if flagged_count == 0:
+        return events
     if flagged_count is not None and flagged_count <= BROADCAST_MAX_IDS:
         flagged = F.broadcast(flagged)
     joined = events.join(flagged, "event_id", "left")
