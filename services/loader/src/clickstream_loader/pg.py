@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -47,7 +46,7 @@ from .schema import (
 )
 from .source import ParquetReader
 from .sqlrender import render
-from .state import FileRecord, PostgresStateStore
+from .state import FileRecord, ManifestResult, PostgresStateStore
 
 log = logging.getLogger("clickstream_loader.pg")
 
@@ -113,19 +112,6 @@ ON {on}
 WHEN NOT MATCHED THEN INSERT ({insert_cols}) VALUES ({insert_vals})""",  # noqa: S608
         "postgres",
     )
-
-
-@dataclass
-class ManifestResult:
-    manifest_id: str
-    app_id: str
-    table: str
-    files: int
-    staged_rows: int
-    merged_rows: int
-    gone: list[str]
-    seconds: float
-    days: frozenset = frozenset()  # the (UTC) event days of the loaded files
 
 
 class PostgresLoader:
@@ -247,7 +233,7 @@ class PostgresLoader:
             merged,
             gone,
             time.monotonic() - started,
-            frozenset(by_uri[u].event_day for u in loaded),
+            days=frozenset(by_uri[u].event_day for u in loaded),
         )
         log.info(
             "manifest loaded",

@@ -46,7 +46,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from urllib.parse import urlparse
@@ -58,7 +58,7 @@ from sqlglot import exp
 
 from .schema import MERGE_KEYS, REPLACE_WHEN, SURVIVOR_ORDER, create_tables_sql, qualified, quote, schema_name
 from .sqlrender import render
-from .state import FileRecord, StateStore
+from .state import FileRecord, ManifestResult, StateStore
 
 log = logging.getLogger("clickstream_loader.redshift")
 
@@ -380,20 +380,6 @@ def affected_rows(answer: dict, index: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- loader
-
-
-@dataclass
-class ManifestResult:
-    manifest_id: str
-    app_id: str
-    table: str
-    files: int
-    staged_rows: int
-    merged_rows: int
-    gone: list[str]
-    seconds: float
-    manifest_uri: str = ""
-    days: frozenset = field(default_factory=frozenset)  # the (UTC) event days of the loaded files
 
 
 class RedshiftLoader:

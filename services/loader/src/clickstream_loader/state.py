@@ -48,6 +48,22 @@ class FileRecord:
 
 
 @dataclass
+class ManifestResult:
+    """What loading one manifest did, whichever warehouse took it."""
+
+    manifest_id: str
+    app_id: str
+    table: str
+    files: int
+    staged_rows: int
+    merged_rows: int
+    gone: list[str]
+    seconds: float
+    manifest_uri: str = ""  # the manifest object a Redshift COPY read; PostgreSQL has none
+    days: frozenset = frozenset()  # the (UTC) event days of the loaded files
+
+
+@dataclass
 class Summary:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (table, state) -> files
     oldest_pending_mtime: float | None = None
