@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from clickstream_etl import decode
-from clickstream_etl.plugins import PluginError, RunContext
+from clickstream_etl.plugins import PluginError
 from clickstream_etl.transformers.clickstream_sdk import ClickstreamSdkTransformer
 from clickstream_etl.transformers.gtm_server import GtmServerTransformer
-from pyspark.sql import functions as F
 
 from tests.etl.rawfiles import record, write_records
+from tests.etl.transformed import collect, context, custom
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "third-party" / "gtm-server"
 if not FIXTURES.exists():
@@ -26,15 +26,6 @@ PROPS_RID = "42cc3b89d7dfccbc2c906eb125ea25db"
 SESSION_RID = "55384aaeda62c5b20a462076ec59f3f5"
 
 
-def context(spark) -> RunContext:
-    return RunContext(spark=spark, project_id=PROJECT, job_id="job-1", app_ids=None, process_time_ms=0)
-
-
-def collect(df) -> list[dict]:
-    rows = df.withColumn("_ts_ms", F.unix_millis("event_timestamp")).collect()
-    return [r.asDict(recursive=True) for r in rows]
-
-
 @pytest.fixture(scope="module")
 def requests(spark):
     return decode.read_requests(spark, [str(p) for p in sorted(FIXTURES.glob("*.json"))])
@@ -42,19 +33,14 @@ def requests(spark):
 
 @pytest.fixture(scope="module")
 def events(spark, requests) -> dict[str, dict]:
-    rows = collect(GtmServerTransformer({}, context(spark)).transform(requests))
+    rows = collect(GtmServerTransformer({}, context(spark, PROJECT)).transform(requests))
     by_id = {r["event_id"]: r for r in rows}
     assert len(by_id) == len(rows)
     return by_id
 
 
-def custom(row: dict, name: str) -> tuple[str, str]:
-    value = row["custom_parameters"][name]
-    return value["value"], value["type"]
-
-
 def test_output_columns_and_types_equal_the_sdk_transformers(spark, requests):
-    ctx = context(spark)
+    ctx = context(spark, PROJECT)
     gtm = GtmServerTransformer({}, ctx).transform(requests).schema
     sdk = ClickstreamSdkTransformer({}, ctx).transform(requests).schema
     assert [(f.name, f.dataType.simpleString()) for f in gtm] == [(f.name, f.dataType.simpleString()) for f in sdk]
@@ -206,7 +192,7 @@ def test_first_visit_flag_and_name_overrides(spark, tmp_path):
         "x-ga-system_properties": {"fv": "2", "ss": "1"},
     }
     path = write_records(tmp_path / "fv.json", [record("r1", event)])
-    transformer = GtmServerTransformer({"event_names": {"scroll": "_scroll"}}, context(spark))
+    transformer = GtmServerTransformer({"event_names": {"scroll": "_scroll"}}, context(spark, PROJECT))
     rows = collect(transformer.transform(decode.read_requests(spark, [path])))
     assert sorted((r["event_id"], r["event_name"]) for r in rows) == [
         ("r1-0-77-x", "_scroll"),
@@ -219,7 +205,7 @@ def test_first_visit_flag_and_name_overrides(spark, tmp_path):
 
 def test_event_names_parameter_is_checked(spark):
     with pytest.raises(PluginError):
-        GtmServerTransformer({"event_names": ["scroll"]}, context(spark))
+        GtmServerTransformer({"event_names": ["scroll"]}, context(spark, PROJECT))
 
 
 def test_unusable_input_becomes_bad_rows_with_its_payload(spark, tmp_path):
@@ -236,7 +222,7 @@ def test_unusable_input_becomes_bad_rows_with_its_payload(spark, tmp_path):
             "this line is no raw record",
         ],
     )
-    rows = collect(GtmServerTransformer({}, context(spark)).transform(decode.read_requests(spark, [path])))
+    rows = collect(GtmServerTransformer({}, context(spark, PROJECT)).transform(decode.read_requests(spark, [path])))
     by_key = {(r["_rid"], r["_event_index"]): r for r in rows}
     assert len(rows) == 8
 

@@ -12,13 +12,12 @@ from urllib.parse import quote
 
 import pytest
 from clickstream_etl import decode
-from clickstream_etl.plugins import RunContext
 from clickstream_etl.transformers import sensors_data
 from clickstream_etl.transformers.clickstream_sdk import ClickstreamSdkTransformer
 from clickstream_etl.transformers.sensors_data import SensorsDataTransformer, inflate
-from pyspark.sql import functions as F
 
 from tests.etl.rawfiles import record, write_records
+from tests.etl.transformed import collect, context, custom
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "third-party" / "sensors-data"
 if not FIXTURES.exists():
@@ -42,15 +41,6 @@ GZIP_NAMES = [
 ]
 
 
-def context(spark) -> RunContext:
-    return RunContext(spark=spark, project_id=PROJECT, job_id="job-1", app_ids=None, process_time_ms=0)
-
-
-def collect(df) -> list[dict]:
-    rows = df.withColumn("_ts_ms", F.unix_millis("event_timestamp")).collect()
-    return [r.asDict(recursive=True) for r in rows]
-
-
 @pytest.fixture(scope="module")
 def requests(spark):
     return decode.read_requests(spark, [str(p) for p in sorted(FIXTURES.glob("*.json"))])
@@ -58,7 +48,7 @@ def requests(spark):
 
 @pytest.fixture(scope="module")
 def rows(spark, requests) -> list[dict]:
-    return collect(SensorsDataTransformer({}, context(spark)).transform(requests))
+    return collect(SensorsDataTransformer({}, context(spark, PROJECT)).transform(requests))
 
 
 def of_file(rows: list[dict], name: str) -> list[dict]:
@@ -69,18 +59,13 @@ def by_id(rows: list[dict]) -> dict[str, dict]:
     return {r["event_id"]: r for r in rows}
 
 
-def custom(row: dict, name: str) -> tuple[str, str]:
-    value = row["custom_parameters"][name]
-    return value["value"], value["type"]
-
-
 def form_body(records, field: str = "data_list") -> str:
     packed = base64.b64encode(gzip.compress(json.dumps(records).encode())).decode()
     return f"crc=1&gzip=1&{field}={quote(packed, safe='')}"
 
 
 def test_output_columns_and_types_equal_the_sdk_transformers(spark, requests):
-    ctx = context(spark)
+    ctx = context(spark, PROJECT)
     sensors = SensorsDataTransformer({}, ctx).transform(requests).schema
     sdk = ClickstreamSdkTransformer({}, ctx).transform(requests).schema
     assert [(f.name, f.dataType.simpleString()) for f in sensors] == [(f.name, f.dataType.simpleString()) for f in sdk]
@@ -242,7 +227,7 @@ def test_unusable_input_becomes_bad_rows_with_its_payload(spark, tmp_path):
             record("no-app", [good], appId=None),
         ],
     )
-    out = collect(SensorsDataTransformer({}, context(spark)).transform(decode.read_requests(spark, [path])))
+    out = collect(SensorsDataTransformer({}, context(spark, PROJECT)).transform(decode.read_requests(spark, [path])))
     got = {(r["_rid"], r["_event_index"]): (r["_bad_reason"], r["_bad_detail"]) for r in out}
     assert got == {
         ("form", 0): (None, None),
