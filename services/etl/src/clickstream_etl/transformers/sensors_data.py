@@ -38,8 +38,8 @@ from ..badrows import Reason
 from ..decode import MAX_INFLATED_BYTES
 from ..plugins import Transformer
 from ..sparkutil import as_bool, as_long, blank_to_null, url_decoded, variant_string
-from .gtm_server import (
-    GTM_EVENT_NAMES,
+from .gtm_server import GTM_EVENT_NAMES
+from .variant_columns import (
     bad_row,
     custom_columns,
     derived_rows,
