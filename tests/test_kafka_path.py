@@ -228,6 +228,35 @@ def stack_logs(stack: LocalStack) -> str:
     return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(stack.log_dir.glob("*")))
 
 
+def play(
+    stack: LocalStack,
+    broker: KafkaBroker,
+    topic: str,
+    partitions: int,
+    scenario,
+    load: Load,
+    timeout_s: float = 30,
+    cleanup=lambda: None,
+) -> list[dict]:
+    """Run a fault scenario on the started stack and return what landed once every acknowledged request is in
+    the lake; the stack's logs are printed if anything fails, and the stack is stopped (then `cleanup`) anyway."""
+    try:
+        asyncio.run(scenario())
+        wait_for_rids(stack.lake, load.acked(), timeout_s=timeout_s)
+        return wait_landed(stack, broker, topic, partitions)
+    except BaseException:
+        print(stack_logs(stack))
+        raise
+    finally:
+        stack.stop()
+        cleanup()
+
+
+def assert_none_lost(load: Load, landed: list[dict]) -> None:
+    missing = load.acked() - {r["rid"] for r in landed}
+    assert not missing, f"{len(missing)} acknowledged requests lost"
+
+
 # --- the sink in-process against the real broker -------------------------------------------------------------------
 
 
@@ -533,17 +562,7 @@ def test_broker_down_30s_under_load(tmp_path, kafka_broker: KafkaBroker, new_kaf
         load.stop.set()
         await asyncio.gather(runner, watcher)
 
-    try:
-        asyncio.run(scenario())
-        acked = load.acked()
-        wait_for_rids(stack.lake, acked, timeout_s=40)
-        landed = wait_landed(stack, kafka_broker, topic, 2)
-    except BaseException:
-        print(stack_logs(stack))
-        raise
-    finally:
-        stack.stop()
-        kafka_broker.start()
+    landed = play(stack, kafka_broker, topic, 2, scenario, load, timeout_s=40, cleanup=kafka_broker.start)
 
     print(
         f"{load.summary()} inflight_at_stop={marks['inflight']} outage={marks['up'] - marks['down']:.1f}s "
@@ -558,8 +577,7 @@ def test_broker_down_30s_under_load(tmp_path, kafka_broker: KafkaBroker, new_kaf
     after = [status for at, status in ready if at > marks["recovered"]]
     assert during and all(status == 503 for status in during), collections.Counter(during)
     assert after and all(status == 200 for status in after), collections.Counter(after)
-    missing = load.acked() - {r["rid"] for r in landed}
-    assert not missing, f"{len(missing)} acknowledged requests lost"
+    assert_none_lost(load, landed)
 
 
 @pytest.mark.slow
@@ -584,22 +602,13 @@ def test_kill_9_worker_under_load(tmp_path, kafka_broker: KafkaBroker, new_kafka
         load.stop.set()
         await runner
 
-    try:
-        asyncio.run(scenario())
-        wait_for_rids(stack.lake, load.acked(), timeout_s=30)
-        landed = wait_landed(stack, kafka_broker, topic, 2)
-    except BaseException:
-        print(stack_logs(stack))
-        raise
-    finally:
-        stack.stop()
+    landed = play(stack, kafka_broker, topic, 2, scenario, load, timeout_s=30)
 
     print(f"{load.summary()} marks={marks} records={len(landed)}")
     assert marks["inflight"] >= 200, f"only {marks['inflight']} requests in flight at the kill"
     assert marks["acked_before"] > 500 and marks["acked_after"] > 500, marks
     assert load.outcomes[503], "no 503 while the worker was down"
-    missing = load.acked() - {r["rid"] for r in landed}
-    assert not missing, f"{len(missing)} acknowledged requests lost"
+    assert_none_lost(load, landed)
 
 
 async def committed_offsets(bootstrap: str, group: str) -> dict[int, tuple[int, str]]:
@@ -684,20 +693,11 @@ def test_kill_9_lander_with_a_batch_read_but_not_landed(tmp_path, kafka_broker: 
         load.stop.set()
         await runner
 
-    try:
-        asyncio.run(scenario())
-        wait_for_rids(stack.lake, load.acked(), timeout_s=40)
-        landed = wait_landed(stack, kafka_broker, topic, 2)
-    except BaseException:
-        print(stack_logs(stack))
-        raise
-    finally:
-        stack.stop()
+    landed = play(stack, kafka_broker, topic, 2, scenario, load, timeout_s=40)
     print(f"{load.summary()} marks={marks} records={len(landed)}")
     assert marks["read"] >= 3000 and marks["objects_at_kill"] == 0, marks
     assert marks["inflight"] >= 200, marks
-    missing = load.acked() - {r["rid"] for r in landed}
-    assert not missing, f"{len(missing)} acknowledged requests lost"
+    assert_none_lost(load, landed)
 
 
 @pytest.mark.slow
@@ -736,15 +736,7 @@ def test_kill_9_lander_mid_landing(tmp_path, kafka_broker: KafkaBroker, new_kafk
         await runner
         marks["recovered"] = await asyncio.to_thread(metrics_of, stack.lander_url)
 
-    try:
-        asyncio.run(scenario())
-        wait_for_rids(stack.lake, load.acked(), timeout_s=40)
-        landed = wait_landed(stack, kafka_broker, topic, 2)
-    except BaseException:
-        print(stack_logs(stack))
-        raise
-    finally:
-        stack.stop()
+    landed = play(stack, kafka_broker, topic, 2, scenario, load, timeout_s=40)
 
     intents = {p: json.loads(meta) for p, (_, meta) in marks["committed"].items() if meta}
     objects_at_kill = marks["objects_at_kill"]
@@ -763,8 +755,7 @@ def test_kill_9_lander_mid_landing(tmp_path, kafka_broker: KafkaBroker, new_kafk
     assert metric_value(marks["recovered"], "sink_intents_recovered_total", {"outcome": outcome}) == 1
     for key, body in objects_at_kill.items():  # objects landed before the kill are never rewritten or renamed
         assert (stack.lake / key).read_bytes() == body
-    missing = load.acked() - {r["rid"] for r in landed}
-    assert not missing, f"{len(missing)} acknowledged requests lost"
+    assert_none_lost(load, landed)
 
 
 def start_second_lander(stack: LocalStack, port: int) -> subprocess.Popen:
@@ -805,20 +796,11 @@ def test_two_landers_share_the_partitions(tmp_path, kafka_broker: KafkaBroker, n
         for name, url in (("first", stack.lander_url), ("second", second_url)):
             marks[name] = metric_value(await asyncio.to_thread(metrics_of, url), "sink_records_written_total")
 
-    try:
-        asyncio.run(scenario())
-        wait_for_rids(stack.lake, load.acked(), timeout_s=30)
-        landed = wait_landed(stack, kafka_broker, topic, 4)
-    except BaseException:
-        print(stack_logs(stack))
-        raise
-    finally:
-        stack.stop()
-        if second is not None:
-            terminate(second, 30)
+    landed = play(
+        stack, kafka_broker, topic, 4, scenario, load, cleanup=lambda: second is not None and terminate(second, 30)
+    )
 
     print(f"{load.summary()} marks={marks} records={len(landed)}")
     assert marks["inflight"] >= 200, marks
     assert set(lake_objects(stack.lake, topic)) == {0, 1, 2, 3}
-    missing = load.acked() - {r["rid"] for r in landed}
-    assert not missing, f"{len(missing)} acknowledged requests lost"
+    assert_none_lost(load, landed)
