@@ -195,8 +195,8 @@ def test_named_queries_created_once_and_updated_in_place(athena, monkeypatch):
     # nothing in the primary workgroup: LOADER_ATHENA_WORKGROUP is where they go
     assert not [q for q in workgroup_queries(athena, "primary") if q["Database"] == database]
 
-    # a second pass: every query current, nothing created or updated, no duplicate
-    second = sync_catalog(database, "s3://lake/ods", [], workgroup)
+    # a second pass that compares again (recheck_s=0): every query current, nothing created or updated, no duplicate
+    second = sync_catalog(database, "s3://lake/ods", [], workgroup, recheck_s=0)
     assert (second.queries_created, second.queries_updated) == ([], [])
     after = workgroup_queries(athena, workgroup)
     assert len(after) == len(before) + len(QUERY_NAMES)
@@ -204,7 +204,8 @@ def test_named_queries_created_once_and_updated_in_place(athena, monkeypatch):
         q["NamedQueryId"] for q in ours.values()
     )
 
-    # a new loader version changes one text: that query is updated in place (same id), the others are untouched
+    # a new loader version changes one text: that query is updated in place (same id), the others are untouched,
+    # at its first pass (other texts: no waiting for the recheck interval)
     rendered = glue_module.named_queries
 
     def changed(db):
@@ -227,7 +228,12 @@ def test_named_queries_created_once_and_updated_in_place(athena, monkeypatch):
         Name="Clickstream - Item Query",
         QueryString="SELECT 3",
     )
-    fourth = sync_catalog(database, "s3://lake/ods", [], workgroup)
+    # ... within NAMED_QUERY_RECHECK_S of the last comparison the workgroup is not listed again
+    unchecked = sync_catalog(database, "s3://lake/ods", [], workgroup)
+    assert (unchecked.queries_created, unchecked.queries_updated) == ([], [])
+    item = athena.get_named_query(NamedQueryId=ours["Clickstream - Item Query"]["NamedQueryId"])["NamedQuery"]
+    assert item["QueryString"] == "SELECT 3"
+    fourth = sync_catalog(database, "s3://lake/ods", [], workgroup, recheck_s=0)
     assert (fourth.queries_created, fourth.queries_updated) == ([], ["Clickstream - Item Query"])
     item = athena.get_named_query(NamedQueryId=ours["Clickstream - Item Query"]["NamedQueryId"])["NamedQuery"]
     assert item["QueryString"] == changed(database)["Clickstream - Item Query"]

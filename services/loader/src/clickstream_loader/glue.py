@@ -16,12 +16,16 @@ parameters: the app id, then the first and last day as `YYYYMMDD`. Each pass put
 is ours when its name and database match; CreateNamedQuery cannot replace one, so the workgroup's queries are listed
 (ListNamedQueries + BatchGetNamedQuery), a missing one is created and one whose text or description differs is
 updated in place (UpdateNamedQuery). Nothing changes when they are current, so passes never add duplicates.
+Listing a whole workgroup is many calls, so a process compares again only when its texts changed (a new loader
+version) or NAMED_QUERY_RECHECK_S after its last comparison (a hand edit is undone within that time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -139,12 +143,20 @@ class CatalogSync:
 
 
 async def sync_async(
-    database: str, source: str, files: list[DataFile], workgroup: str = "primary", glue=None, athena=None
+    database: str,
+    source: str,
+    files: list[DataFile],
+    workgroup: str = "primary",
+    glue=None,
+    athena=None,
+    recheck_s: float | None = None,
 ) -> CatalogSync:
     if glue is not None and athena is not None:
         await ensure_catalog(glue, database, source)
         result = CatalogSync(partitions=await add_partitions(glue, database, source, files))
-        result.queries_created, result.queries_updated = await ensure_named_queries(athena, database, workgroup)
+        result.queries_created, result.queries_updated = await ensure_named_queries(
+            athena, database, workgroup, recheck_s
+        )
         return result
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
@@ -156,12 +168,15 @@ async def sync_async(
         session.create_client("glue", region_name=region, config=config) as glue_client,
         session.create_client("athena", region_name=region, config=config) as athena_client,
     ):
-        return await sync_async(database, source, files, workgroup, glue_client, athena_client)
+        return await sync_async(database, source, files, workgroup, glue_client, athena_client, recheck_s)
 
 
-def sync_catalog(database: str, source: str, files: list[DataFile], workgroup: str = "primary") -> CatalogSync:
-    """runner.run_once's Athena step (synchronous): the Glue catalog, the files' partitions, the named queries."""
-    work = sync_async(database, source, files, workgroup)
+def sync_catalog(
+    database: str, source: str, files: list[DataFile], workgroup: str = "primary", recheck_s: float | None = None
+) -> CatalogSync:
+    """runner.run_once's Athena step (synchronous): the Glue catalog, the files' partitions, the named queries
+    (compared with the workgroup again after `recheck_s`, default NAMED_QUERY_RECHECK_S)."""
+    work = sync_async(database, source, files, workgroup, recheck_s=recheck_s)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -230,6 +245,9 @@ def query_description(name: str) -> str:
 
 
 _BATCH = 50  # ListNamedQueries' largest page and BatchGetNamedQuery's largest batch
+NAMED_QUERY_RECHECK_S = 3600.0
+# (database, workgroup) -> (digest of the texts found current, monotonic time of that comparison)
+_current: dict[tuple[str, str], tuple[str, float]] = {}
 
 
 async def _named_queries_in(athena, workgroup: str) -> list[dict]:
@@ -254,12 +272,21 @@ async def _named_queries_in(athena, workgroup: str) -> list[dict]:
     return found
 
 
-async def ensure_named_queries(athena, database: str, workgroup: str) -> tuple[list[str], list[str]]:
+async def ensure_named_queries(
+    athena, database: str, workgroup: str, recheck_s: float | None = None
+) -> tuple[list[str], list[str]]:
     """The reference's named queries in `workgroup`: created when missing, updated when their text or description
     changed, untouched otherwise. A query is ours when its name and database match (UpdateNamedQuery cannot move
     a query to another database, and another project's queries of the same name are not ours). Returns the names
-    created and updated."""
+    created and updated; nothing is asked of Athena when this process found the same texts current less than
+    `recheck_s` ago."""
     wanted = named_queries(database)
+    digest = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()
+    key = (database, workgroup)
+    recheck_s = NAMED_QUERY_RECHECK_S if recheck_s is None else recheck_s
+    known = _current.get(key)
+    if known is not None and known[0] == digest and time.monotonic() - known[1] < recheck_s:
+        return [], []
     ours: dict[str, list[dict]] = {}
     for query in await _named_queries_in(athena, workgroup):
         if query.get("Database") == database and query.get("Name") in wanted:
@@ -281,4 +308,5 @@ async def ensure_named_queries(athena, database: str, workgroup: str) -> tuple[l
                 )
                 if name not in updated:
                     updated.append(name)
+    _current[key] = (digest, time.monotonic())
     return created, updated
