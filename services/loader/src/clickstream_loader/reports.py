@@ -30,7 +30,7 @@ from psycopg import sql
 
 from . import reporting
 from .reporting.db import Runner
-from .reporting.materialize import merge_ranges, recompute, today_in
+from .reporting.materialize import merge_ranges, plan, recompute, today_in
 from .schema import qualified
 from .state import LOADER_SCHEMA
 
@@ -180,7 +180,8 @@ def refresh_touched(
         ranges = [window, *outside(around(touched, end), window)]
         done["refreshed"] = merge_ranges(ranges)
         newest = max(end, max(touched))
-        done["carried_forward"] = (done["refreshed"][0][0], max(newest, done["refreshed"][-1][1]))
+        carried = [days for agg, days in plan(ranges, newest) if agg.carries_forward]
+        done["carried_forward"] = carried[0] if carried else None
         recompute(conn, engine, target, ranges, through=newest, triggered_by="WORK_FLOW")
     return window
 
