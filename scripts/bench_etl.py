@@ -116,8 +116,12 @@ def main() -> None:
     source_events = json.loads((raw / "_done.json").read_text())["events"]
 
     from clickstream_etl.config import EtlConfig
+    from clickstream_etl.enrichers.ip_geo import default_databases
     from clickstream_etl.job import run
     from clickstream_etl.spark import build_session
+
+    # Without the database the geo enricher does nothing, and the figures are not comparable with the recorded ones.
+    geo = "DB-IP database" if default_databases() else "NO GeoIP database (run `python -m scripts.geoip fetch`)"
     from clickstream_etl.storage import Storage
 
     spark = build_session(master=f"local[{args.cores}]", driver_memory="8g")
@@ -160,7 +164,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     rate = report.events / job_s
-    print(f"raw: {len(files)} objects, {lines:,} requests, {source_events:,} events generated")
+    print(f"raw: {len(files)} objects, {lines:,} requests, {source_events:,} events generated; geo: {geo}")
     print(f"warm-up: one object in {warm_s:.1f} s (fresh JVM)")
     print(f"job: {report.events:,} events ({report.good:,} good, bad {report.bad}) in {job_s:.1f} s")
     print(f"     rows {report.tables}; stages {report.stages_s}")
