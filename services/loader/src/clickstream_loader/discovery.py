@@ -88,15 +88,19 @@ async def discover_async(source: str, apps: AppConfig, suffix: str, not_before: 
     return found
 
 
-def discover(source: str, apps: AppConfig, suffix: str = ".snappy.parquet", not_before: date | None = None):
-    """Every loadable file under the four table prefixes (registered apps, days from `not_before` on)."""
-    work = discover_async(source, apps, suffix, not_before)
+def run_blocking(work):
+    """The coroutine's result, from synchronous code; called from inside an event loop (an in-process
+    scheduler), it runs on a thread of its own."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(work)
-    # called from inside an event loop (an in-process scheduler): list on a thread of its own
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, work).result()
+
+
+def discover(source: str, apps: AppConfig, suffix: str = ".snappy.parquet", not_before: date | None = None):
+    """Every loadable file under the four table prefixes (registered apps, days from `not_before` on)."""
+    return run_blocking(discover_async(source, apps, suffix, not_before))

@@ -22,7 +22,6 @@ version) or NAMED_QUERY_RECHECK_S after its last comparison (a hand edit is undo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 
 from clickstream_core.tables import PARTITION_COLUMNS, TABLES
 
-from .discovery import DataFile, table_root
+from .discovery import DataFile, run_blocking, table_root
 from .schema import TABLE_NAMES, quote
 from .sqlrender import render
 
@@ -176,15 +175,7 @@ def sync_catalog(
 ) -> CatalogSync:
     """runner.run_once's Athena step (synchronous): the Glue catalog, the files' partitions, the named queries
     (compared with the workgroup again after `recheck_s`, default NAMED_QUERY_RECHECK_S)."""
-    work = sync_async(database, source, files, workgroup, recheck_s=recheck_s)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(work)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, work).result()
+    return run_blocking(sync_async(database, source, files, workgroup, recheck_s=recheck_s))
 
 
 # ------------------------------------------------------------------------------------------ named queries
