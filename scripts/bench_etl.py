@@ -119,10 +119,10 @@ def main() -> None:
     from clickstream_etl.enrichers.ip_geo import default_databases
     from clickstream_etl.job import run
     from clickstream_etl.spark import build_session
+    from clickstream_etl.storage import Storage
 
     # Without the database the geo enricher does nothing, and the figures are not comparable with the recorded ones.
     geo = "DB-IP database" if default_databases() else "NO GeoIP database (run `python -m scripts.geoip fetch`)"
-    from clickstream_etl.storage import Storage
 
     spark = build_session(master=f"local[{args.cores}]", driver_memory="8g")
     storage = Storage(spark)
